@@ -1,0 +1,47 @@
+"""`qaforge bench`: load-test one or more endpoints, or compare engines serving one model."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+
+def bench(
+    endpoint: List[str] = typer.Option([], help="base URL to test (repeat to compare)"),
+    label: List[str] = typer.Option([], help="name for each endpoint/engine, in order"),
+    serve_model: Optional[str] = typer.Option(None, help="start a server for this model per --engine"),
+    engine: List[str] = typer.Option([], help="native | vllm (repeat), with --serve-model"),
+    api: str = typer.Option("chat", help="chat | completions | predict"),
+    model: Optional[str] = typer.Option(None, help="served model name (default: from /v1/models)"),
+    num_requests: int = typer.Option(100, "--num-requests", "-n", help="requests to send"),
+    request_rate: Optional[float] = typer.Option(None, help="Poisson arrivals per second (default: all at once)"),
+    concurrency: Optional[int] = typer.Option(None, help="at most this many requests in flight"),
+    prompts: str = typer.Option("random", help="'random' or a .json/.jsonl file of questions"),
+    prompt_words: int = typer.Option(24, help="words per random prompt"),
+    max_tokens: int = typer.Option(64, help="answer budget per request"),
+    temperature: float = typer.Option(0.0, help="sampling temperature"),
+    ignore_eos: bool = typer.Option(False, help="always generate max_tokens (fixed output length)"),
+    predict_batch: int = typer.Option(1, help="questions per /predict request"),
+    tokenizer: Optional[str] = typer.Option(None, help="tokenizer to count /predict answer tokens"),
+    seed: int = typer.Option(0, help="prompt order / arrival seed"),
+    out_dir: str = typer.Option("runs/bench", help="where bench.json and bench.png go"),
+    timeout: float = typer.Option(600.0, help="seconds per request"),
+) -> None:
+    """Measure TTFT, TPOT, ITL, end-to-end latency, requests/s and output tokens/s."""
+    from qaforge.bench import run_bench
+
+    if not endpoint and not (serve_model and engine):
+        raise typer.BadParameter("give --endpoint URL (repeatable), or --serve-model PATH with --engine")
+    try:
+        report = run_bench(endpoint, labels=label or None, api=api, model=model,
+                           num_requests=num_requests, request_rate=request_rate,
+                           concurrency=concurrency, prompts=prompts, prompt_words=prompt_words,
+                           max_tokens=max_tokens, temperature=temperature, predict_batch=predict_batch,
+                           seed=seed, tokenizer=tokenizer, serve_model=serve_model, engines=engine,
+                           out_dir=out_dir, timeout=timeout, ignore_eos=ignore_eos)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(f"wrote {report['files']['json']} and {report['files']['png']}")
+    if any(r["failed"] for r in report["results"]):
+        raise typer.Exit(1)

@@ -1,0 +1,56 @@
+"""Chat-format helpers shared by every stage (train, eval, serve).
+
+The engine sees token ids only; everything about messages, system prompts and
+think blocks lives here, at the edges.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+# The course grader's default system prompt (DESIGN.md contract).
+DEFAULT_SYSTEM_PROMPT = (
+    "你是一位精通GPU体系结构、CUDA编程、Triton、cuTile、Tilelang算子开发的顶级技术专家，"
+    "你的回答详细准确，并且尽量包含回答中的英文关键词。"
+)
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+# An unterminated think block (generation cut by max_tokens) hides everything after it.
+_OPEN_THINK = re.compile(r"<think>.*\Z", re.DOTALL)
+_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
+
+
+def build_messages(question: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+                   answer: str | None = None) -> list[dict[str, str]]:
+    """System + user (+ assistant) messages in the OpenAI / HF chat format."""
+    messages: list[dict[str, str]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.append({"role": "user", "content": question})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """Render messages with the model's chat template, non-thinking mode, ready for generation."""
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+
+
+def prompt_token_ids(tokenizer: Any, question: str,
+                     system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> list[int]:
+    """Token ids of the generation prompt for one question (what the engine is fed)."""
+    text = render_prompt(tokenizer, build_messages(question, system_prompt))
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def clean_answer(text: str) -> str:
+    """Plain-text answer: no think block (closed or cut off), no special tokens, trimmed."""
+    text = _THINK_BLOCK.sub("", text)
+    text = _OPEN_THINK.sub("", text)
+    text = text.replace("</think>", "")
+    text = _SPECIAL_TOKEN.sub("", text)
+    return text.strip()

@@ -1,0 +1,73 @@
+"""The `qaforge` command: one subcommand per stage. Each function's typed signature is its config;
+the stage modules keep heavy imports inside the functions so `qaforge --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qaforge.bench_command import bench
+from qaforge.evaluate.command import eval as eval_command
+from qaforge.generate.command import generate
+from qaforge.serve.command import serve
+from qaforge.train.command import train
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Textbook -> QA dataset -> LoRA fine-tune -> ROUGE-L -> fast serving.")
+app.command("generate")(generate)
+app.command("train")(train)
+app.command("eval")(eval_command)
+app.command("serve")(serve)
+app.command("bench")(bench)
+
+
+@app.command("tiny")
+def tiny(
+    out: Path = typer.Option(Path("runs/tiny_model"), help="Output HF model directory."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus folder (default: the project's data/corpus)."),
+    seed: int = typer.Option(0, help="Seed: the same seed and corpus give the same model."),
+    pretrain_steps: int = typer.Option(200, help="Causal-LM pretraining steps on the corpus text."),
+    force: bool = typer.Option(False, help="Rebuild even if an identical build exists."),
+) -> None:
+    """Build the embedded tiny Qwen3 (Qwen3ForCausalLM, ~4 M params, own BPE tokenizer, Qwen3 chat template)."""
+    from qaforge.tiny import TinyConfig, build_tiny
+
+    path = build_tiny(out, corpus, TinyConfig(seed=seed, pretrain_steps=pretrain_steps), force=force)
+    typer.echo(f"tiny Qwen3 ready: {path}")
+
+
+@app.command("download")
+def download(
+    name: str = typer.Argument("Qwen/Qwen3-0.6B", help="Hub model id."),
+    out: Optional[Path] = typer.Option(None, help="Target directory (default: the hub's cache)."),
+    source: str = typer.Option("hf", help="hf (Hugging Face) or modelscope."),
+) -> None:
+    """Fetch a model once (needs internet); every other command then works offline."""
+    from qaforge.modeling import download as fetch
+
+    typer.echo(f"downloaded to {fetch(name, out, source)}")
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Where every artifact goes."),
+    model: Optional[str] = typer.Option(None, help="Base model (default: build the embedded tiny Qwen3)."),
+    corpus: Optional[Path] = typer.Option(None, help="Textbook folder (default: data/corpus)."),
+    exam_size: int = typer.Option(40, help="Held-out exam questions."),
+    max_tokens: int = typer.Option(96, help="Answer length limit for evaluation."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """End to end: textbook -> QA dataset -> LoRA fine-tune -> ROUGE-L vs baselines -> HTTP server -> bench."""
+    from qaforge.demo import run_demo
+
+    run_demo(out=out, model=model, corpus=corpus, exam_size=exam_size, max_tokens=max_tokens, device=device)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

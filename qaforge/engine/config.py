@@ -1,0 +1,93 @@
+"""Engine configuration: one dataclass, validated in __post_init__."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class EngineConfig:
+    model: str
+    device: str = "auto"                  # "cpu", "cuda", "cuda:N" or "auto"
+    dtype: str = "auto"                   # auto: bfloat16 on CUDA, float32 on CPU
+    max_model_len: int = 2048             # prompt + output tokens per sequence
+    max_num_seqs: int = 256               # sequences in one batch (decode batch size cap)
+    max_num_batched_tokens: int = 16384   # prompt tokens in one prefill step (>= max_model_len)
+    block_size: int = 16                  # tokens per KV block (prefix-cache granularity)
+    gpu_memory_utilization: float = 0.90  # share of GPU memory the engine may use in total
+    num_kvcache_blocks: int | None = None  # override the KV cache size (tests force preemption with it)
+    kv_cache_memory_gb: float = 2.0       # KV budget on CPU when num_kvcache_blocks is None
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False           # no CUDA graphs
+    cuda_graph_max_bs: int = 512          # largest decode batch captured in a CUDA graph
+    attention_backend: str = "auto"       # auto (triton on CUDA with bf16/fp16, else torch) | torch | triton
+    seed: int = 0
+    hf_config: dict = field(default_factory=dict, repr=False)
+    eos_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        path = Path(self.model)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model directory {self.model!r} has no config.json")
+        self.hf_config = json.loads((path / "config.json").read_text())
+        archs = self.hf_config.get("architectures") or []
+        if self.hf_config.get("model_type") not in ("qwen3",) and "Qwen3ForCausalLM" not in archs:
+            raise ValueError(f"unsupported model type {self.hf_config.get('model_type')!r} (native engine: Qwen3)")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.device == "auto":
+            import torch
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.dtype == "auto":
+            self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ValueError("attention_backend must be auto, torch or triton")
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.block_size % 8 != 0 and self.block_size != 1:
+            raise ValueError("block_size must be 1 or a multiple of 8")
+        max_pos = int(self.hf_config.get("max_position_embeddings", self.max_model_len))
+        if self.max_model_len > max_pos:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings {max_pos}")
+        if self.max_num_batched_tokens < self.max_model_len:
+            # no chunked prefill: a whole prompt must fit one prefill step
+            self.max_num_batched_tokens = self.max_model_len
+        if not 0.05 <= self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in [0.05, 1]")
+        if self.num_kvcache_blocks is not None:
+            need = -(-self.max_model_len // self.block_size)
+            if self.num_kvcache_blocks < need:
+                raise ValueError(f"num_kvcache_blocks must hold one full sequence ({need} blocks of {self.block_size})")
+        if self.cuda_graph_max_bs < 1:
+            raise ValueError("cuda_graph_max_bs must be >= 1")
+        self.eos_token_ids = tuple(_eos_ids(path, self.hf_config))
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        """Block-table width, rounded up to a multiple of 16 (one Triton specialization for every batch)."""
+        n = -(-self.max_model_len // self.block_size)
+        return (n + 15) // 16 * 16
+
+
+def _eos_ids(path: Path, hf: dict) -> list[int]:
+    ids: list[int] = []
+    for src in (path / "generation_config.json", None):
+        if src is None:
+            val = hf.get("eos_token_id")
+        elif src.is_file():
+            val = json.loads(src.read_text()).get("eos_token_id")
+        else:
+            continue
+        if val is None:
+            continue
+        for v in (val if isinstance(val, list) else [val]):
+            if int(v) not in ids:
+                ids.append(int(v))
+    return ids
+

@@ -1,0 +1,130 @@
+"""The synchronous engine: `LLM(model_path, ...)`, `llm.generate(prompts, params)`, and `step()` for loops."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence as Seq
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .model_runner import ModelRunner
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence
+
+
+@dataclass
+class GenerationOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]          # generated ids; a stop/EOS id that ended the request is included
+    finish_reason: str            # "stop" | "length" | "abort"
+    num_cached_tokens: int = 0    # prompt tokens served from the prefix cache (last prefill)
+
+
+class LLM:
+    """Native paged-KV engine over token ids. Keyword arguments are `EngineConfig` fields."""
+
+    def __init__(self, model: str, **kwargs):
+        t0 = time.perf_counter()
+        config = kwargs.pop("config", None) or EngineConfig(model=str(model), **kwargs)
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.max_num_seqs,
+                                          config.max_blocks_per_seq, config.enable_prefix_caching)
+        self.runner.block_table = self.block_manager.table
+        self.scheduler = Scheduler(config, self.block_manager)
+        self.runner.capture_cudagraphs()
+        self.vocab_size = self.runner.model.args.vocab_size
+        self.eos_token_ids = config.eos_token_ids
+        self.num_steps = 0
+        self.num_prefill_tokens = 0
+        self.num_generated_tokens = 0
+        self.startup_s = time.perf_counter() - t0
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "LLM":
+        return cls(config.model, config=config)
+
+    # ------------------------------------------------------------------ requests
+    def make_sequence(self, prompt_token_ids, params: SamplingParams | None = None,
+                      request_id: str | None = None) -> Sequence:
+        ids = list(prompt_token_ids)
+        if not ids:
+            raise ValueError("empty prompt")
+        for t in ids:
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size:
+                raise ValueError(f"prompt token ids must be ints in [0, {self.vocab_size}), got {t!r}")
+        if len(ids) >= self.config.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.config.max_model_len} "
+                             "(prompt plus at least one generated token)")
+        return Sequence(ids, params or SamplingParams(), request_id)
+
+    def add_request(self, prompt_token_ids, params: SamplingParams | None = None,
+                    request_id: str | None = None) -> Sequence:
+        seq = self.make_sequence(prompt_token_ids, params, request_id)
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, seq: Sequence) -> bool:
+        return self.scheduler.abort(seq)
+
+    def step(self) -> list[tuple[Sequence, int]]:
+        """Run one scheduled batch; return (sequence, new token id) for every sequence in it."""
+        seqs, is_prefill = self.scheduler.schedule()
+        if not seqs:
+            return []
+        tokens = self.runner.run(seqs, is_prefill)
+        self.scheduler.postprocess(seqs, tokens)
+        self.num_steps += 1
+        if is_prefill:
+            self.num_prefill_tokens += sum(len(s) - 1 - s.num_cached_tokens for s in seqs)
+        self.num_generated_tokens += len(seqs)
+        return list(zip(seqs, tokens))
+
+    def is_finished(self) -> bool:
+        return self.scheduler.is_finished()
+
+    def generate(self, prompts: Seq[Seq[int]], sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[GenerationOutput]:
+        if prompts and isinstance(prompts[0], int):
+            prompts = [prompts]  # one prompt
+        if sampling_params is None or isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params or SamplingParams()] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError("one SamplingParams per prompt, or one for all")
+        seqs = [self.make_sequence(p, sp) for p, sp in zip(prompts, sampling_params)]
+        for s in seqs:
+            self.scheduler.add(s)
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+            bar = tqdm(total=len(seqs), desc="generate")
+        while not self.scheduler.is_finished():
+            out = self.step()
+            if bar is not None:
+                bar.update(sum(1 for s, _ in out if s.is_finished))
+        if bar is not None:
+            bar.close()
+        return [GenerationOutput(s.request_id, s.prompt_token_ids, s.completion_token_ids, s.finish_reason or "length",
+                                 s.num_cached_tokens) for s in seqs]
+
+    # ------------------------------------------------------------------ metrics
+    def stats(self) -> dict:
+        bm = self.block_manager
+        return {
+            "waiting": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "kv_usage": round(bm.usage, 4),
+            "kv_blocks_total": bm.num_blocks,
+            "kv_blocks_free": bm.num_free_blocks,
+            "block_size": bm.block_size,
+            "prefix_cache_hit_tokens": bm.prefix_hit_tokens,
+            "prefix_cache_query_tokens": bm.prefix_query_tokens,
+            "prefix_cache_hit_rate": round(bm.prefix_hit_tokens / bm.prefix_query_tokens, 4)
+            if bm.prefix_query_tokens else 0.0,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_steps": self.num_steps,
+            "prefill_tokens": self.num_prefill_tokens,
+            "generated_tokens": self.num_generated_tokens,
+        }

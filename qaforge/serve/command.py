@@ -1,0 +1,55 @@
+"""`qaforge serve`: start the HTTP server (grader API + OpenAI API).
+
+Every flag left out falls back to its QAFORGE_* environment variable, then to the default, so
+`qaforge serve` and `uvicorn serve:app` read the same settings. Heavy imports stay inside.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+
+def serve(
+    model: Optional[str] = typer.Option(None, help="HF model directory or name (QAFORGE_MODEL)"),
+    engine: Optional[str] = typer.Option(None, help="native | vllm (QAFORGE_ENGINE)"),
+    host: str = typer.Option("0.0.0.0", help="interface to bind"),
+    port: int = typer.Option(8000, help="TCP port"),
+    device: Optional[str] = typer.Option(None, help="auto | cpu | cuda (QAFORGE_DEVICE)"),
+    dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
+    max_tokens: Optional[int] = typer.Option(None, help="default answer budget (384)"),
+    max_model_len: Optional[int] = typer.Option(None, help="context: prompt + answer (512)"),
+    max_num_seqs: Optional[int] = typer.Option(None, help="sequences batched at once"),
+    max_pending: Optional[int] = typer.Option(None, help="sequences admitted before 429"),
+    system_prompt: Optional[str] = typer.Option(None, help="system prompt ('' for none)"),
+    served_model_name: Optional[str] = typer.Option(None, help="name in /v1/models"),
+    quantization: Optional[str] = typer.Option(None, help="vLLM quantization, e.g. fp8"),
+    gpu_memory_utilization: Optional[float] = typer.Option(None, help="vLLM memory fraction"),
+    enforce_eager: Optional[bool] = typer.Option(None, help="vLLM: no CUDA graphs"),
+    request_timeout: Optional[float] = typer.Option(None, help="seconds per request"),
+    warmup: Optional[bool] = typer.Option(None, help="warm up before reporting ready"),
+    log_level: Optional[str] = typer.Option(None, help="debug | info | warning"),
+    graceful_timeout: float = typer.Option(60.0, help="seconds to finish in-flight requests on stop"),
+) -> None:
+    """Serve a model over HTTP: GET / and POST /predict (grader), /v1/* (OpenAI), /health, /metrics."""
+    import uvicorn
+
+    from qaforge.serve.app import configure_logging, create_app
+    from qaforge.serve.settings import ServeSettings
+
+    overrides = dict(model=model, engine=engine, device=device, dtype=dtype, max_tokens=max_tokens,
+                     max_model_len=max_model_len, max_num_seqs=max_num_seqs, max_pending=max_pending,
+                     system_prompt=system_prompt, served_model_name=served_model_name,
+                     quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
+                     enforce_eager=enforce_eager, request_timeout=request_timeout, warmup=warmup,
+                     log_level=log_level)
+    try:
+        settings = ServeSettings.from_env(**overrides)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if not settings.model:
+        raise typer.BadParameter("no model: pass --model or set QAFORGE_MODEL")
+    configure_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=settings.log_level,
+                timeout_graceful_shutdown=graceful_timeout, backlog=4096)

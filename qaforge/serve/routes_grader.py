@@ -1,0 +1,92 @@
+"""The course grader's API (DESIGN.md ⚑) plus /health and /metrics.
+
+GET /      -> {"status": "batch"} once loaded and warmed up (503 {"status": <phase>} before)
+POST /predict {"prompt": str | [str, ...]} -> {"response": str | [str, ...]}, same order and length
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from qaforge.chat import build_messages, render_prompt
+from qaforge.serve.app import ServerState, get_state
+from qaforge.serve.backends import GenParams
+from qaforge.serve.errors import ApiError
+from qaforge.serve.http_utils import guarded
+from qaforge.serve.metrics import CONTENT_TYPE_LATEST
+from qaforge.serve.schemas import PredictRequest
+
+router = APIRouter()
+
+
+@router.get("/")
+async def root(request: Request) -> JSONResponse:
+    state = get_state(request)
+    if state.status == "ready":
+        return JSONResponse({"status": "batch"})
+    return JSONResponse({"status": state.status, "error": state.error}, status_code=503,
+                        headers={"Retry-After": str(state.settings.retry_after)})
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    state = get_state(request)
+    body = {"status": state.status, "engine": state.settings.engine,
+            "model": state.settings.model_name, **{k: round(v, 3) for k, v in state.timings.items()}}
+    if state.error:
+        body["error"] = state.error
+    if state.service is not None:
+        body["pending_sequences"] = state.service.pending
+    code = 200 if state.status == "ready" else 503
+    headers = None if code == 200 else {"Retry-After": str(state.settings.retry_after)}
+    return JSONResponse(body, status_code=code, headers=headers)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def grader_prompts(state: ServerState, questions: list[str]) -> list[list[int]]:
+    """Default system prompt + non-thinking chat template, tokenized in one batch call."""
+    tok = state.tokenizer
+    texts = [render_prompt(tok, build_messages(q, state.system_prompt)) for q in questions]
+    return tok(texts, add_special_tokens=False)["input_ids"]
+
+
+@router.post("/predict")
+async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+    state = get_state(request)
+    service = state.ready_service()
+    single = isinstance(body.prompt, str)
+    questions = [body.prompt] if single else body.prompt
+    if not questions:
+        raise ApiError(400, "prompt is an empty list; send at least one question", "prompt")
+    if len(questions) > state.settings.max_batch:
+        raise ApiError(413, f"batch of {len(questions)} prompts is larger than the limit of "
+                            f"{state.settings.max_batch} (QAFORGE_MAX_BATCH); split it", "prompt")
+    for i, q in enumerate(questions):
+        if not q.strip():
+            where = "prompt" if single else f"prompt[{i}]"
+            raise ApiError(400, f"{where} is empty; every question needs some text", where)
+    prompts = grader_prompts(state, questions)
+    s = state.settings
+    jobs = []
+    for i, ids in enumerate(prompts):
+        where = "prompt" if single else f"prompt[{i}]"
+        budget = service.fit_max_tokens(ids, body.max_tokens, where)
+        params = GenParams(
+            max_tokens=budget,
+            temperature=s.temperature if body.temperature is None else body.temperature,
+            top_p=s.top_p if body.top_p is None else body.top_p,
+            top_k=max(0, s.top_k if body.top_k is None else body.top_k),
+            seed=body.seed, ignore_eos=body.ignore_eos)
+        jobs.append((ids, params))
+    with service.admit(len(jobs)):
+        results = await guarded(request, asyncio.gather(*(service.complete(ids, p) for ids, p in jobs)),
+                                s.request_timeout)
+    answers = [r.text for r in results]
+    return JSONResponse({"response": answers[0] if single else answers})

@@ -1,0 +1,153 @@
+"""Requests -> engine sequences: admission control, metrics, detokenization, stop strings.
+
+Routes (grader and OpenAI) call only `GenerationService`; it knows nothing about HTTP except the
+ApiError it raises for a full queue or a prompt that does not fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterator, Sequence
+
+from qaforge.serve.backends import Engine, GenParams
+from qaforge.serve.errors import ApiError
+from qaforge.serve.metrics import ServerMetrics
+from qaforge.serve.settings import ServeSettings
+from qaforge.serve.textstream import TextStream, visible_text
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class StreamEvent:
+    text: str                       # new visible text ("" is allowed on the final event)
+    finish_reason: str | None       # set on the last event only
+    completion_tokens: int = 0
+
+
+class GenerationService:
+    def __init__(self, engine: Engine, tokenizer: Any, settings: ServeSettings,
+                 metrics: ServerMetrics):
+        self.engine, self.tokenizer, self.settings, self.metrics = engine, tokenizer, settings, metrics
+        self.pending = 0  # sequences admitted and not finished (running or queued in the engine)
+
+    # ---- admission -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def admit(self, num_sequences: int) -> Iterator[None]:
+        """Reserve room for a request's sequences, or refuse it with 429 + Retry-After."""
+        if num_sequences > self.settings.max_pending:  # would never fit: retrying cannot help
+            raise ApiError(413, f"{num_sequences} prompts in one request is more than the server's "
+                                f"queue of {self.settings.max_pending} (QAFORGE_MAX_PENDING); split it")
+        if self.pending + num_sequences > self.settings.max_pending:
+            self.metrics.rejected.inc(num_sequences)
+            raise ApiError(429, f"server is at capacity ({self.pending} sequences pending, limit "
+                                f"{self.settings.max_pending}); retry after "
+                                f"{self.settings.retry_after} s",
+                           headers={"Retry-After": str(self.settings.retry_after)})
+        self.pending += num_sequences
+        try:
+            yield
+        finally:
+            self.pending -= num_sequences
+
+    # ---- prompt checks ---------------------------------------------------------------------
+    def fit_max_tokens(self, prompt_ids: Sequence[int], requested: int | None, param: str = "prompt") -> int:
+        """The answer budget: the request's (or the default), cut to what the context leaves."""
+        limit = self.settings.max_model_len
+        if not prompt_ids:
+            raise ApiError(400, "prompt is empty after tokenization", param)
+        if len(prompt_ids) >= limit:
+            raise ApiError(400, f"{param}: {len(prompt_ids)} prompt tokens, but the context is "
+                                f"{limit} tokens (prompt + answer); shorten the prompt", param)
+        budget = self.settings.max_tokens if requested is None else requested
+        return max(1, min(budget, limit - len(prompt_ids)))
+
+    # ---- generation ------------------------------------------------------------------------
+    async def _sequence(self, prompt_ids: list[int], params: GenParams,
+                        outcome: dict[str, str] | None = None) -> AsyncIterator[Any]:
+        """One engine sequence with its metrics; closing it aborts the sequence in the engine.
+        A consumer that ends it early on purpose (a stop string) says so in `outcome["reason"]`."""
+        m = self.metrics
+        m.prompt_tokens.inc(len(prompt_ids))
+        request_id = uuid.uuid4().hex
+        start = time.perf_counter()
+        first = last = None
+        produced = 0
+        reason = "abort"
+        m.queue_depth.inc()
+        gen = self.engine.generate(prompt_ids, params, request_id)
+        try:
+            async with contextlib.aclosing(gen):
+                async for delta in gen:
+                    if delta.token_ids:
+                        now = time.perf_counter()
+                        if first is None:
+                            first = now
+                            m.queue_depth.dec()
+                            m.running.inc()
+                            m.ttft.observe(now - start)
+                        last = now
+                        produced += len(delta.token_ids)
+                        m.generation_tokens.inc(len(delta.token_ids))
+                    if delta.finished:
+                        reason = delta.finish_reason or "stop"
+                    yield delta
+        finally:
+            if first is None:
+                m.queue_depth.dec()
+            else:
+                m.running.dec()
+                m.e2e.observe(last - start)
+                if produced > 1:
+                    m.tpot.observe((last - first) / (produced - 1))
+            m.sequences.labels((outcome or {}).get("reason") or reason).inc()
+
+    async def stream(self, prompt_ids: list[int], params: GenParams,
+                     stop: Sequence[str] = ()) -> AsyncIterator[StreamEvent]:
+        """Visible text as it is produced; the last event carries the finish reason."""
+        text = TextStream(self.tokenizer, stop)
+        reason, outcome = "length", {}
+        seq = self._sequence(prompt_ids, params, outcome)
+        async with contextlib.aclosing(seq):
+            async for delta in seq:
+                piece = text.push(delta.token_ids)
+                if piece:
+                    yield StreamEvent(piece, None, text.num_tokens)
+                if text.stopped:
+                    reason = outcome["reason"] = "stop"
+                    break
+                if delta.finished:
+                    reason = "length" if delta.finish_reason == "length" else "stop"
+                    break
+        yield StreamEvent(text.finish(), reason, text.num_tokens)
+
+    async def complete(self, prompt_ids: list[int], params: GenParams,
+                       stop: Sequence[str] = ()) -> Completion:
+        stream = TextStream(self.tokenizer, stop) if stop else None
+        token_ids: list[int] = []
+        reason, outcome = "length", {}
+        seq = self._sequence(prompt_ids, params, outcome)
+        async with contextlib.aclosing(seq):
+            async for delta in seq:
+                token_ids.extend(delta.token_ids)
+                if stream is not None:
+                    stream.push(delta.token_ids)
+                    if stream.stopped:
+                        reason = outcome["reason"] = "stop"
+                        break
+                if delta.finished:
+                    reason = "length" if delta.finish_reason == "length" else "stop"
+                    break
+        raw = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        text, stopped = visible_text(raw, stop, final=True)
+        return Completion(text, "stop" if stopped else reason, len(prompt_ids), len(token_ids))
+

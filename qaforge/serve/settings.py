@@ -1,0 +1,129 @@
+"""Server settings: one dataclass, filled from `qaforge serve` flags or `QAFORGE_*` environment variables.
+
+Docker runs `uvicorn serve:app`, which passes no flags, so every setting has an env var:
+the field name upper-cased with a `QAFORGE_` prefix (`max_tokens` -> `QAFORGE_MAX_TOKENS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+ENV_PREFIX = "QAFORGE_"
+ENGINES = ("native", "vllm")
+
+
+@dataclass
+class ServeSettings:
+    model: str = ""                      # HF directory or a name resolve_model_path knows
+    engine: str = "native"               # native | vllm
+    served_model_name: str = ""          # name in /v1/models; default: the model directory's name
+    device: str = "auto"                 # auto | cpu | cuda
+    dtype: str = "auto"                  # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    system_prompt: str | None = None     # None: qaforge.chat.DEFAULT_SYSTEM_PROMPT; "" disables it
+    max_tokens: int = 384                # default answer budget for /predict and the OpenAI API
+    temperature: float = 0.0             # /predict sampling (greedy: the grader wants stable answers)
+    top_p: float = 1.0
+    top_k: int = 0
+    max_model_len: int = 512             # the seed's context: prompt + answer
+    max_num_seqs: int = 256              # sequences the engine runs at once (vLLM seed: 4096)
+    max_num_batched_tokens: int = 16384
+    # Backpressure: sequences admitted (running + queued in the engine). Past it: 429 + Retry-After.
+    max_pending: int = 8192
+    max_batch: int = 4096                # longest /predict list or /v1/completions prompt list
+    request_timeout: float = 600.0       # seconds per HTTP request; then abort + 504
+    retry_after: int = 2                 # seconds, sent with 429/503
+    warmup: bool = True
+    warmup_max_tokens: int = 64
+    warmup_file: str = ""                # default: data/warmup_questions.json
+    exit_on_load_failure: bool = True    # a server that cannot load should die, not hang at 503
+    # vLLM only (the seed's settings; CPU needs quantization="" and a small memory fraction)
+    quantization: str = ""               # e.g. fp8 on GPU
+    gpu_memory_utilization: float = 0.95
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = False          # False: CUDA graphs
+    log_level: str = "info"
+    # Engine kwargs passed through unchanged; env: QAFORGE_ENGINE_ARGS='{"kv_cache_memory_gb": 1}'
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        for name in ("max_tokens", "max_model_len", "max_num_seqs", "max_pending", "max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_tokens >= self.max_model_len:
+            raise ValueError(f"max_tokens ({self.max_tokens}) must be < max_model_len "
+                             f"({self.max_model_len}) to leave room for the prompt")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.request_timeout <= 0:
+            raise ValueError("request_timeout must be > 0 seconds")
+
+    @property
+    def model_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        return os.path.basename(os.path.normpath(self.model)) or "qaforge"
+
+    def replace(self, **changes: Any) -> "ServeSettings":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "ServeSettings":
+        """Defaults, then `QAFORGE_*` variables, then explicit overrides (flags)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, f.default)
+        if env.get(ENV_PREFIX + "ENGINE_ARGS"):
+            try:
+                values["extra"] = json.loads(env[ENV_PREFIX + "ENGINE_ARGS"])
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{ENV_PREFIX}ENGINE_ARGS is not valid JSON: {exc}") from None
+            if not isinstance(values["extra"], dict):
+                raise ValueError(f"{ENV_PREFIX}ENGINE_ARGS must be a JSON object")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The inverse of from_env: what a child process needs to rebuild these settings."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name == "extra":
+                if value:
+                    out[ENV_PREFIX + "ENGINE_ARGS"] = json.dumps(value)
+                continue
+            out[ENV_PREFIX + f.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return out
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.strip().lower() in {"1", "true", "yes", "on"}:
+                return True
+            if raw.strip().lower() in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid "
+                         f"{type(default).__name__}") from None
+    return raw

@@ -1,0 +1,128 @@
+"""Token ids -> the text a client may see, incrementally.
+
+Two jobs: detokenize without re-decoding the whole answer at every step (that would be quadratic,
+and 1,000 streams share two CPU cores in the tests), and decide what part of the text is safe to
+send: never a think block or a special token, never a stop string, and never a tail that might
+still turn into one of those when the next token arrives.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Sequence
+
+from qaforge.chat import clean_answer
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_OPEN_THINK = re.compile(r"<think>.*\Z", re.DOTALL)
+_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
+_TAGS = ("<think>", "</think>")
+
+
+class IncrementalDetokenizer:
+    """Decodes a growing list of token ids, looking back only a few tokens per step.
+
+    The prefix/read offsets trick (as in vLLM and TGI): decode a short window twice, with and
+    without the new tokens, and keep the difference, unless it ends in a partial UTF-8
+    character (U+FFFD), in which case wait for the next token.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.token_ids: list[int] = []
+        self.text = ""
+        self._prefix_offset = 0
+        self._read_offset = 0
+
+    def add(self, token_ids: Sequence[int]) -> str:
+        """Append tokens; return the text they completed (maybe "")."""
+        self.token_ids.extend(token_ids)
+        decode = self.tokenizer.decode
+        prefix = decode(self.token_ids[self._prefix_offset:self._read_offset], skip_special_tokens=True)
+        full = decode(self.token_ids[self._prefix_offset:], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            delta = full[len(prefix):]
+            self._prefix_offset = self._read_offset
+            self._read_offset = len(self.token_ids)
+            self.text += delta
+            return delta
+        return ""
+
+    def final_text(self) -> str:
+        """Everything, including a trailing partial character the stream held back."""
+        return self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
+
+
+def _held_back_tag(text: str) -> int:
+    """Index where a possibly unfinished `<think>`, `</think>` or `<|...|>` starts (else len)."""
+    i = text.rfind("<")
+    if i < 0:
+        return len(text)
+    tail = text[i:]
+    if any(tag.startswith(tail) for tag in _TAGS):
+        return i
+    if re.fullmatch(r"<\|[a-z_]*\|?", tail):
+        return i
+    return len(text)
+
+
+def _stop_cut(text: str, stop: Sequence[str], final: bool) -> tuple[str, bool]:
+    """Cut at the first stop string; while streaming, also hold back a tail that could begin one."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if hits:
+        return text[:min(hits)], True
+    if not final:
+        for s in stop:
+            for k in range(min(len(s) - 1, len(text)), 0, -1):
+                if text.endswith(s[:k]):
+                    text = text[:-k]
+                    break
+    return text, False
+
+
+def visible_text(raw: str, stop: Sequence[str] = (), final: bool = False) -> tuple[str, bool]:
+    """(text the client may see now, whether a stop string ended it)."""
+    if final:
+        text = clean_answer(raw)
+        text, stopped = _stop_cut(text, stop, final=True)
+        return text.strip(), stopped
+    text = _THINK_BLOCK.sub("", raw)
+    text = _OPEN_THINK.sub("", text)
+    text = text.replace("</think>", "")
+    text = _SPECIAL_TOKEN.sub("", text)
+    text = text[:_held_back_tag(text)]
+    text, stopped = _stop_cut(text, stop, final=False)
+    # Whitespace at either end waits: the final answer is stripped (clean_answer), so a stream
+    # sends trailing whitespace only once more text follows it, and both give the same text.
+    return text.strip(), stopped
+
+
+class TextStream:
+    """Feeds engine tokens in, gives client-safe text deltas out."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()):
+        self.detok = IncrementalDetokenizer(tokenizer)
+        self.stop = [s for s in stop if s]
+        self.sent = ""
+        self.stopped = False
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.detok.token_ids)
+
+    def push(self, token_ids: Sequence[int]) -> str:
+        """New tokens in; the newly visible text out ("" if nothing can be sent yet)."""
+        self.detok.add(token_ids)
+        return self._advance(visible_text(self.detok.text, self.stop, final=False))
+
+    def finish(self) -> str:
+        """The generation ended: release whatever was held back (trailing partial tags excepted)."""
+        return self._advance(visible_text(self.detok.final_text(), self.stop, final=True))
+
+    def _advance(self, result: tuple[str, bool]) -> str:
+        text, stopped = result
+        self.stopped = self.stopped or stopped
+        if not text.startswith(self.sent):  # e.g. final strip removed sent trailing spaces
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta

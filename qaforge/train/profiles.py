@@ -1,0 +1,198 @@
+"""Training profiles: the `TrainConfig` dataclass, YAML loading, overrides and `TRAIN_PROFILE`.
+
+A profile is a YAML file in `profiles/` (or any path). A profile may name a `base:` profile and
+override some of its keys, so `fast_v7_final` is `fast_v7` plus `train_on_exam: true`.
+Resolution order (later wins): dataclass defaults -> base profile chain -> profile -> overrides.
+Only stdlib + PyYAML here: the CLI imports this module before any heavy library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from qaforge.chat import DEFAULT_SYSTEM_PROMPT
+from qaforge.paths import PROFILES_DIR
+
+PROFILE_ENV_VAR = "TRAIN_PROFILE"
+DEFAULT_PROFILE = "fast_v7"
+ALL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICES = ("auto", "cpu", "cuda")
+_ATTENTION = ("auto", "varlen", "sdpa", "eager", "flash_attention_2")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one LoRA SFT run depends on. Saved as `train_config.json` with every run."""
+
+    profile: str = "custom"
+    model: str = "Qwen/Qwen3-0.6B"
+    data: str | None = None  # train split, alpaca jsonl (instruction/input/output[/difficulty])
+    exam: str | None = None  # held-out exam split: eval_loss per epoch and ROUGE-L at the end
+    output_dir: str | None = None  # default: outputs/<run_name>
+    run_name: str | None = None  # default: <profile>_<model basename>
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+    # sequence handling
+    max_seq_len: int = 512
+    packing: bool = True  # padding-free: one row per micro-batch, positions restart per sample
+
+    # LoRA
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    # optimisation
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    num_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_epochs (tests, smoke runs)
+    micro_batch_size: int = 16  # samples per forward pass per process
+    grad_accum_steps: int = 1  # effective batch = micro_batch_size * grad_accum_steps * world size
+    seed: int = 42
+
+    # data splits
+    train_on_exam: bool = False  # fast_v7_final: the exam split is trained on -> results contaminated
+    val_fraction: float = 0.05  # eval_loss split carved from train when there is no exam split
+
+    # speed
+    fused_loss: bool = True  # chunked linear + cross-entropy on labelled tokens only (no full logits)
+    loss_chunk_size: int = 4096  # tokens per chunk of the fused loss
+    compile: bool | None = None  # None: torch.compile the decoder layers on CUDA only
+    attention: str = "auto"  # auto: varlen when packing, else sdpa
+    device: str = "auto"
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    dataloader_workers: int = 0
+
+    # outputs and evaluation
+    logging_steps: int = 10
+    save_steps: int | None = None  # None: a checkpoint at the end of every epoch
+    save_total_limit: int | None = 2
+    tensorboard: bool = True
+    merge: bool = True
+    rouge_eval: bool = True  # generation-based ROUGE-L on the exam split after training
+    rouge_max_samples: int | None = None
+    eval_compare_base: bool = False  # also score the untuned base model (doubles generation time)
+    max_new_tokens: int = 384
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+        need(self.max_seq_len >= 32, f"max_seq_len must be >= 32, got {self.max_seq_len}")
+        need(self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        need(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha}")
+        need(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [t.strip() for t in self.target_modules.split(",") if t.strip()]
+        self.target_modules = list(self.target_modules)
+        need(bool(self.target_modules), "target_modules must not be empty")
+        unknown = sorted(set(self.target_modules) - set(ALL_LORA_TARGETS))
+        need(not unknown, f"unknown target_modules {unknown}; Qwen3 has {list(ALL_LORA_TARGETS)}")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(self.lr_scheduler in _SCHEDULERS, f"lr_scheduler must be one of {_SCHEDULERS}")
+        need(0.0 <= self.warmup_ratio < 1.0, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.num_epochs > 0 or self.max_steps > 0, "num_epochs or max_steps must be > 0")
+        need(self.micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        need(self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        need(0.0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        need(self.loss_chunk_size >= 64, f"loss_chunk_size must be >= 64, got {self.loss_chunk_size}")
+        need(self.attention in _ATTENTION, f"attention must be one of {_ATTENTION}, got {self.attention!r}")
+        need(self.device in _DEVICES, f"device must be one of {_DEVICES}, got {self.device!r}")
+        need(self.dtype in _DTYPES, f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        need(self.logging_steps >= 1, "logging_steps must be >= 1")
+        need(self.save_steps is None or self.save_steps >= 1, "save_steps must be >= 1 or null")
+        need(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
+        need(self.attention != "varlen" or self.packing, "attention 'varlen' needs packing: true")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Samples per optimizer step on one process (times the world size under DDP)."""
+        return self.micro_batch_size * self.grad_accum_steps
+
+    def resolved_run_name(self) -> str:
+        if self.run_name:
+            return self.run_name
+        return f"{self.profile}_{Path(str(self.model).rstrip('/')).name}".replace(" ", "_")
+
+    def resolved_output_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("outputs") / self.resolved_run_name()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def profile_names(profiles_dir: Path = PROFILES_DIR) -> list[str]:
+    return sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
+
+
+def _profile_path(name: str, profiles_dir: Path) -> Path:
+    candidate = Path(name)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.exists():
+            raise FileNotFoundError(f"profile file not found: {candidate}")
+        return candidate
+    path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown training profile {name!r}; available: {profile_names(profiles_dir)}")
+    return path
+
+
+def read_profile_yaml(name: str, profiles_dir: Path = PROFILES_DIR, _seen: tuple = ()) -> dict[str, Any]:
+    """The merged key/value mapping of a profile and its `base:` chain (not yet validated)."""
+    import yaml
+
+    path = _profile_path(name, profiles_dir)
+    if path.resolve() in _seen:
+        raise ValueError(f"profile {name!r}: circular 'base:' chain {[p.name for p in _seen]}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"profile {path}: expected a mapping at the top level, got {type(raw).__name__}")
+    values: dict[str, Any] = {}
+    base = raw.pop("base", None)
+    if base:
+        values.update(read_profile_yaml(str(base), profiles_dir, _seen + (path.resolve(),)))
+    raw.pop("description", None)  # documentation only
+    unknown = sorted(set(raw) - set(field_names()))
+    if unknown:
+        raise ValueError(f"profile {path}: unknown keys {unknown}; valid keys: {field_names()}")
+    values.update(raw)
+    values["profile"] = path.stem
+    return values
+
+
+def load_profile(name: str | None = None, profiles_dir: Path = PROFILES_DIR, **overrides: Any) -> TrainConfig:
+    """Load a profile by name (or YAML path) and apply overrides; `None` values do not override.
+
+    With no name, `$TRAIN_PROFILE` is used, else `fast_v7` (the seed's behaviour).
+    """
+    name = name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE
+    values = read_profile_yaml(name, profiles_dir)
+    unknown = sorted(set(overrides) - set(field_names()))
+    if unknown:
+        raise ValueError(f"unknown override(s) {unknown}; valid keys: {field_names()}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Rebuild a config saved with `to_dict()` (e.g. from train_config.json)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})

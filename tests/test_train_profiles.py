@@ -1,0 +1,100 @@
+"""Training profiles: every YAML parses and validates; overrides, TRAIN_PROFILE and bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from qaforge.train.profiles import (ALL_LORA_TARGETS, TrainConfig, load_profile, profile_names,
+                                    read_profile_yaml)
+
+EXPECTED = {"fast_v1", "fast_v5", "fast_v7", "fast_v7_final", "tiny"}
+
+
+def test_all_profiles_exist_and_validate():
+    assert EXPECTED <= set(profile_names())
+    for name in EXPECTED:
+        config = load_profile(name)
+        assert isinstance(config, TrainConfig)
+        assert config.profile == name
+
+
+def test_fast_v7_is_the_seed_configuration():
+    config = load_profile("fast_v7")
+    assert (config.max_seq_len, config.lora_r, config.lora_alpha, config.lora_dropout) == (512, 32, 64, 0.10)
+    assert config.learning_rate == 1.5e-4 and config.weight_decay == 0.01 and config.num_epochs == 2
+    assert config.effective_batch_size == 16
+    assert config.target_modules == list(ALL_LORA_TARGETS)
+    assert not config.train_on_exam
+
+
+def test_fast_v7_final_inherits_fast_v7_and_trains_on_exam():
+    final, base = load_profile("fast_v7_final"), load_profile("fast_v7")
+    assert final.train_on_exam is True
+    differing = {k for k, v in final.to_dict().items() if base.to_dict()[k] != v}
+    assert differing == {"train_on_exam", "profile"}
+
+
+def test_tiny_profile_is_a_fast_cpu_demo():
+    tiny = load_profile("tiny")
+    assert tiny.max_seq_len == 256 and tiny.lora_r == 16 and 1e-3 <= tiny.learning_rate <= 3e-3
+
+
+def test_overrides_apply_and_none_does_not_override():
+    config = load_profile("fast_v7", learning_rate=1e-3, lora_r=None, data="x.jsonl")
+    assert config.learning_rate == 1e-3 and config.lora_r == 32 and config.data == "x.jsonl"
+
+
+def test_train_profile_env_is_honoured(monkeypatch):
+    monkeypatch.setenv("TRAIN_PROFILE", "fast_v1")
+    assert load_profile().profile == "fast_v1"
+    monkeypatch.delenv("TRAIN_PROFILE")
+    assert load_profile().profile == "fast_v7"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lora_dropout": 1.5}, "lora_dropout"),
+    ({"target_modules": ["q_proj", "attn"]}, "unknown target_modules"),
+    ({"learning_rate": 0}, "learning_rate"),
+    ({"max_seq_len": 8}, "max_seq_len"),
+    ({"lr_scheduler": "magic"}, "lr_scheduler"),
+    ({"no_such_key": 1}, "unknown override"),
+])
+def test_bad_values_fail_clearly(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_profile("fast_v7", **overrides)
+
+
+def test_unknown_profile_lists_available():
+    with pytest.raises(ValueError, match="fast_v7"):
+        load_profile("fast_v99")
+
+
+def test_yaml_with_unknown_key_and_base_chain(tmp_path):
+    (tmp_path / "a.yaml").write_text("lora_r: 4\nlearning_rate: 1.0e-3\n")
+    (tmp_path / "b.yaml").write_text("base: a\nlora_r: 8\n")
+    (tmp_path / "bad.yaml").write_text("lora_rank: 8\n")
+    values = read_profile_yaml("b", tmp_path)
+    assert values["lora_r"] == 8 and values["learning_rate"] == 1e-3 and values["profile"] == "b"
+    with pytest.raises(ValueError, match="unknown keys"):
+        read_profile_yaml("bad", tmp_path)
+
+
+def test_comma_separated_targets_and_output_dir_default():
+    config = TrainConfig(target_modules="q_proj, v_proj", model="/models/Qwen3-0.6B", profile="fast_v7")
+    assert config.target_modules == ["q_proj", "v_proj"]
+    assert str(config.resolved_output_dir()) == "outputs/fast_v7_Qwen3-0.6B"
+
+
+def test_cli_rejects_bad_override_without_training():
+    from typer.testing import CliRunner
+    import typer
+
+    from qaforge.train.command import train
+
+    app = typer.Typer()
+    app.command()(train)
+    result = CliRunner().invoke(app, ["--profile", "fast_v7", "--lora-dropout", "2.0"])
+    assert result.exit_code != 0
+    assert "lora_dropout" in result.output
+    result = CliRunner().invoke(app, ["--profile", "fast_v7", "--set", "nonsense"])
+    assert result.exit_code != 0

@@ -1,0 +1,127 @@
+"""End to end on CPU: output layout, eval_loss per epoch, merge == adapter, exact resume, contamination."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import qa_files, random_model_dir  # noqa: F401 - fixtures
+
+from qaforge.train.profiles import load_profile
+from qaforge.train.trainer import train
+
+
+def _config(model_dir, qa, out, **overrides):
+    values = dict(model=str(model_dir), data=str(qa[0]), exam=str(qa[1]), output_dir=str(out), num_epochs=2,
+                  micro_batch_size=8, grad_accum_steps=2, max_seq_len=192, logging_steps=1,
+                  rouge_eval=False, tensorboard=True, learning_rate=5e-3, lora_r=8, lora_alpha=16)
+    values.update(overrides)
+    return load_profile("tiny", **values)
+
+
+@pytest.fixture(scope="module")
+def finished_run(random_model_dir, qa_files, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("run")
+    return out, train(_config(random_model_dir, qa_files, out))
+
+
+def test_output_layout_and_results(finished_run):
+    out, results = finished_run
+    for name in ("adapter_config.json", "adapter_model.safetensors", "train_config.json", "eval_results.json",
+                 "loss_curve.png"):
+        assert (out / name).exists(), name
+    merged = out / "merged_model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json"):
+        assert (merged / name).exists(), name
+    tokenizer_config = json.loads((merged / "tokenizer_config.json").read_text())
+    assert (merged / "chat_template.jinja").exists() or "chat_template" in tokenizer_config
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["contaminated"] is False
+    assert len(saved["eval_loss_per_epoch"]) == 2  # one eval per epoch
+    assert saved["eval_loss"] == saved["eval_loss_per_epoch"][-1]["eval_loss"]
+    assert saved["config"]["lora_r"] == 8 and saved["tokens_per_second"] > 0
+    assert saved["rouge"]["status"] == "skipped" and "peak_host_rss_gib" in saved["peak_memory"]
+    # 48 samples, 8 x 2 per step -> 3 steps per epoch, 2 epochs
+    assert results["train"]["global_step"] == 6
+    losses = [h["loss"] for h in results["train"]["loss_history"]]
+    assert losses[-1] < losses[0]  # it learns
+
+
+def test_merged_logits_equal_adapter_logits(finished_run, random_model_dir):  # noqa: F811
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out, _ = finished_run
+    base = AutoModelForCausalLM.from_pretrained(random_model_dir, dtype=torch.float32)
+    base_ids = torch.tensor([[3, 17, 99, 250, 7, 42, 500, 11]])
+    with torch.no_grad():
+        base_logits = base(input_ids=base_ids).logits
+        adapter = PeftModel.from_pretrained(base, out).eval()
+        adapter_logits = adapter(input_ids=base_ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(out / "merged_model", dtype=torch.float32).eval()
+        merged_logits = merged(input_ids=base_ids).logits
+    assert (adapter_logits - base_logits).abs().max() > 1e-3  # the adapter changed the model
+    assert (merged_logits - adapter_logits).abs().max() < 1e-3
+    assert merged.config._attn_implementation != "qaforge_varlen"
+
+
+def test_stop_and_resume_gives_the_same_loss_curve(random_model_dir, qa_files, tmp_path):  # noqa: F811
+    from transformers import TrainerCallback
+
+    common = dict(max_steps=6, save_steps=3, merge=False, tensorboard=False, lora_dropout=0.1,
+                  grad_accum_steps=1, num_epochs=1)
+    straight = train(_config(random_model_dir, qa_files, tmp_path / "a", **common))
+
+    class StopAt3(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                control.should_training_stop = True
+                control.should_save = True
+            return control
+
+    out_b = tmp_path / "b"
+    train(_config(random_model_dir, qa_files, out_b, **common), callbacks=[StopAt3()])
+    assert (out_b / "checkpoint-3").exists()
+    resumed = train(_config(random_model_dir, qa_files, out_b, **common), resume=True)
+    curve_a = [(h["step"], h["loss"]) for h in straight["train"]["loss_history"]]
+    curve_b = [(h["step"], h["loss"]) for h in resumed["train"]["loss_history"]]
+    assert [s for s, _ in curve_a] == [s for s, _ in curve_b] == [1, 2, 3, 4, 5, 6]
+    for (_, la), (_, lb) in zip(curve_a, curve_b):
+        assert abs(la - lb) < 1e-4, (curve_a, curve_b)
+
+
+def test_training_on_the_exam_is_marked_contaminated(random_model_dir, qa_files, tmp_path, capsys):  # noqa: F811
+    results = train(_config(random_model_dir, qa_files, tmp_path, train_on_exam=True, max_steps=1,
+                            merge=False, tensorboard=False))
+    assert results["contaminated"] is True and "CONTAMINATED" in results["warning"]
+    assert results["data"]["train_records"] == 48 + 9
+    assert "CONTAMINATED" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="exam"):
+        train(_config(random_model_dir, qa_files, tmp_path / "x", exam=None, train_on_exam=True))
+
+
+def test_missing_model_and_data_fail_clearly(qa_files, tmp_path):  # noqa: F811
+    with pytest.raises(FileNotFoundError, match="not-a-model"):
+        train(load_profile("tiny", model="not-a-model/x",
+                           data=str(qa_files[0]), output_dir=str(tmp_path)))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun gloo test runs on Linux CI")
+def test_ddp_two_cpu_processes_with_gloo(random_model_dir, qa_files, tmp_path):  # noqa: F811
+    """`torchrun --nproc_per_node 2 -m qaforge.train` trains with DDP and writes one result set."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "qaforge.train", "--profile", "tiny", "--model", str(random_model_dir), "--data", str(qa_files[0]),
+           "--exam", str(qa_files[1]), "--output-dir", str(tmp_path), "--max-steps", "2", "--micro-batch-size", "4",
+           "--no-rouge", "--device", "cpu", "--set", "tensorboard=false", "--set", "max_seq_len=192"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert results["world_size"] == 2 and results["train"]["global_step"] == 2
+    assert (tmp_path / "merged_model" / "model.safetensors").exists()
