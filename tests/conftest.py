@@ -1,0 +1,28 @@
+"""Shared fixtures. The tiny Qwen3 is built once per checkout (runs/test_tiny_model, reused while the
+corpus and config are unchanged) so every stage is tested on the same real model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    if os.environ.get("QAFORGE_TEST_MODEL"):
+        return Path(os.environ["QAFORGE_TEST_MODEL"])
+    from qaforge.tiny import build_tiny
+
+    return build_tiny(REPO / "runs" / "test_tiny_model", progress=False)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent: it exists only beside the developers' and CI's checkouts")
+    return SHARED
