@@ -49,7 +49,7 @@ def _exercise_server(model_dir: Path, questions: list[str]) -> dict[str, Any]:
                                               messages=[{"role": "user", "content": questions[1]}])
         from qaforge.bench import run_bench
 
-        bench = run_bench([f"{base_url}/v1"], labels=["native"], api="chat", num_requests=32,
+        bench = run_bench([base_url], labels=["native"], api="chat", num_requests=32,
                           concurrency=16, max_tokens=32, out_dir=model_dir.parent / "bench", progress=False)
     return {"status": status, "predict_one": one, "predict_list": many,
             "openai_chat": chat.choices[0].message.content, "bench": bench["results"][0]}
