@@ -14,7 +14,7 @@ from qaforge.generate.textnorm import jaccard, normalize, shingles
 
 NUM_PERM = 128
 CANDIDATE_SLACK = 0.25   # LSH candidate threshold = threshold - slack
-DEFAULT_NEAR_THRESHOLD = 0.7   # stricter than the evaluator's contamination check (0.8)
+DEFAULT_NEAR_THRESHOLD = 0.7   # the evaluator's contamination check uses 0.7 on character bigrams
 
 
 _TEMPLATE = MinHash(num_perm=NUM_PERM, seed=1)      # generating permutations is the costly part
@@ -30,8 +30,9 @@ def _minhash(grams: set[str]) -> MinHash:
 class DedupIndex:
     """Remembers texts; `check` says whether a new text duplicates one of them."""
 
-    def __init__(self, threshold: float = DEFAULT_NEAR_THRESHOLD) -> None:
+    def __init__(self, threshold: float = DEFAULT_NEAR_THRESHOLD, ngram: int = 3) -> None:
         self.threshold = threshold
+        self.ngram = ngram
         self._exact: dict[str, str] = {}
         self._grams: dict[str, set[str]] = {}
         self._lsh = MinHashLSH(threshold=max(0.2, threshold - CANDIDATE_SLACK), num_perm=NUM_PERM)
@@ -44,7 +45,7 @@ class DedupIndex:
         norm = normalize(text)
         if norm in self._exact:
             return "exact", self._exact[norm]
-        grams = shingles(text)
+        grams = shingles(text, self.ngram)
         if not grams:
             return None
         for key in self._lsh.query(_minhash(grams)):
@@ -57,7 +58,7 @@ class DedupIndex:
         if norm in self._exact:
             return
         self._exact[norm] = key
-        grams = shingles(text)
+        grams = shingles(text, self.ngram)
         if grams and key not in self._grams:
             self._grams[key] = grams
             self._lsh.insert(key, _minhash(grams))

@@ -3,7 +3,7 @@
 The exam is drawn first (seeded, per stratum, largest-remainder quotas). Then every train candidate
 whose question *or* answer is an exact or near duplicate of an exam item is dropped from train:
 an answer copied into train leaks the exam just as a repeated question does (the evaluator's
-contamination check tests both, at a looser threshold than ours).
+contamination check tests both, with the same character-bigram measure).
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ def split_exam(records: list[QARecord], exam_size: int, seed: int = 0,
     if not exam:
         return Split(list(records), [], [])
 
-    questions, answers = DedupIndex(threshold), DedupIndex(threshold)
+    # Character bigrams, as `qaforge eval`'s contamination check measures: a split this stage calls
+    # clean must also be clean by the evaluator's measure (bigram Jaccard >= trigram Jaccard).
+    questions, answers = DedupIndex(threshold, ngram=2), DedupIndex(threshold, ngram=2)
     for record in exam:
         questions.add(record.question, record.id)
         answers.add(record.answer, record.id)
