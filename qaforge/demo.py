@@ -8,6 +8,7 @@ the tiny model when nothing changed and rewrites everything else identically.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -88,7 +89,9 @@ def run_demo(out: Path = Path("runs/demo"), model: str | None = None, corpus: Pa
                           rouge_eval=False, device=device)
     trained = _timed(stages, "LoRA fine-tune", lambda: train(config),
                      lambda r: f"eval_loss {r.get('eval_loss', float('nan')):.3f}")
-    merged = out / "train" / "merged_model"
+    # The merged model also sits at <out>/merged_model, where the README and `uvicorn serve:app` expect it.
+    merged = out / "merged_model"
+    shutil.copytree(out / "train" / "merged_model", merged, dirs_exist_ok=True)
     results = _timed(stages, "evaluate (ROUGE-L)",
                      lambda: evaluate(data_dir / "exam.jsonl", out / "eval", model=str(merged), base_model=str(base),
                                       train_data=data_dir / "train.jsonl", max_tokens=max_tokens,
