@@ -10,7 +10,7 @@ import pytest
 
 from qaforge.generate.pipeline import generate_dataset
 from qaforge.generate.records import DatasetFormatError, load_records
-from qaforge.generate.textnorm import jaccard, normalize, shingles
+from qaforge.textnorm import jaccard, normalize, shingles
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_CORPUS = REPO / "data" / "corpus"

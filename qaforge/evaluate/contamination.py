@@ -9,8 +9,6 @@ Reference answers are checked the same way (an exam answer copied into train lea
 
 from __future__ import annotations
 
-import re
-import unicodedata
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,24 +16,10 @@ from pathlib import Path
 from datasketch import MinHash, MinHashLSH
 
 from qaforge.evaluate.exam import ExamItem, load_exam
+from qaforge.textnorm import jaccard, normalize, shingles
 
-_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 NUM_PERM = 64
-
-
-def normalize(text: str) -> str:
-    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
-
-
-def shingles(text: str, n: int = 2) -> set[str]:
-    norm = normalize(text)
-    if len(norm) <= n:
-        return {norm} if norm else set()
-    return {norm[i:i + n] for i in range(len(norm) - n + 1)}
-
-
-def jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / len(a | b) if a and b else 0.0
+BIGRAM = 2
 
 
 # Permutations are drawn once and shared (drawing them per MinHash was half the run time), and crc32
@@ -67,7 +51,7 @@ def _find_overlaps(exam_texts: list[str], train_texts: list[str], field: str,
     exact_index: dict[str, int] = {}
     for i, text in enumerate(train_texts):
         exact_index.setdefault(normalize(text), i)
-    train_grams = [shingles(t) for t in train_texts]
+    train_grams = [shingles(t, BIGRAM) for t in train_texts]
     # LSH recall is only ~50 % right at its threshold; search lower and let the exact Jaccard decide.
     lsh = MinHashLSH(threshold=max(0.3, threshold - 0.2), num_perm=NUM_PERM)
     for i, grams in enumerate(train_grams):
@@ -80,7 +64,7 @@ def _find_overlaps(exam_texts: list[str], train_texts: list[str], field: str,
             t = exact_index[norm]
             found.append(Overlap(e, t, field, "exact", 1.0, text, train_texts[t]))
             continue
-        grams = shingles(text)
+        grams = shingles(text, BIGRAM)
         if not grams:
             continue
         best = max(((jaccard(grams, train_grams[int(k)]), int(k)) for k in lsh.query(_minhash(grams))),

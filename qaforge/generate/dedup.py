@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datasketch import MinHash, MinHashLSH
 
-from qaforge.generate.textnorm import jaccard, normalize, shingles
+from qaforge.textnorm import jaccard, normalize, shingles
 
 NUM_PERM = 128
 CANDIDATE_SLACK = 0.25   # LSH candidate threshold = threshold - slack

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from qaforge.generate.textnorm import normalize
+from qaforge.textnorm import normalize
 
 DOMAINS_DIR = Path(__file__).with_name("domains")
 DEFAULT_KEYWORDS = DOMAINS_DIR / "gpu_cuda_keywords.txt"

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qaforge.generate.textnorm import normalize
+from qaforge.textnorm import normalize
 
 DIFFICULTIES = ("easy", "medium", "hard")
 

@@ -1,7 +1,8 @@
-"""Text normalization and character n-gram similarity shared by dedup, the exam split and the filters.
+"""Text normalization and character n-gram similarity, one definition for the whole project.
 
-The definitions match `qaforge.evaluate.contamination` (NFKC, lower case, no whitespace or punctuation;
-character 3-gram Jaccard), so a split that is clean here is clean for the evaluator too.
+Used by generation (dedup, exam split, filters) and evaluation (contamination check), so a split
+that generation calls clean is clean by the evaluator's measure too: NFKC, lower case, no whitespace
+or punctuation; character n-gram Jaccard (dedup uses 3-grams, the exam split and contamination 2-grams).
 """
 
 from __future__ import annotations
