@@ -15,7 +15,13 @@ def _modelscope_cache(name: str) -> Path:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
-    """A local directory, or a hub id already in the Hugging Face or ModelScope cache."""
+    """A local directory, `tiny` (the embedded tiny Qwen3, built on first use), or a hub id already in
+    the Hugging Face or ModelScope cache."""
+    if str(name_or_path) == "tiny":
+        from qaforge.paths import RUNS_DIR
+        from qaforge.tiny import build_tiny
+
+        return build_tiny(RUNS_DIR / "tiny_model")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():

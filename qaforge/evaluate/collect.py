@@ -46,14 +46,9 @@ def question_as_answer(questions: list[str]) -> Collection:
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """A local HF model directory; uses qaforge.modeling's resolver (HF/ModelScope caches) when present."""
-    try:
-        from qaforge.modeling import resolve_model_path
-    except ImportError:  # modeling.py is being written concurrently; a plain directory still works
-        path = Path(name_or_path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model directory not found (no config.json): {name_or_path}")
-        return path
+    """A local HF model directory (path, `tiny`, or a cached hub id): qaforge.modeling's resolver."""
+    from qaforge.modeling import resolve_model_path
+
     return Path(resolve_model_path(name_or_path))
 
 

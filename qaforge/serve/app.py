@@ -65,22 +65,14 @@ def get_state(request: Request) -> ServerState:
 def resolve_model(name_or_path: str) -> str:
     if not name_or_path:
         raise ValueError("no model given: pass --model or set QAFORGE_MODEL")
-    try:
-        from qaforge.modeling import resolve_model_path
-    except ImportError:  # the shared helper is optional here: a local directory always works
-        path = Path(name_or_path).expanduser()
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"model directory not found: {name_or_path}") from None
-        return str(path.resolve())
-    return str(resolve_model_path(name_or_path))
+    from qaforge.modeling import resolve_model_path
+
+    return str(resolve_model_path(name_or_path).resolve())
 
 
 def load_tokenizer(model_path: str) -> Any:
-    try:
-        from qaforge.modeling import load_tokenizer as shared_loader
-    except ImportError:
-        from transformers import AutoTokenizer
-        return AutoTokenizer.from_pretrained(model_path)
+    from qaforge.modeling import load_tokenizer as shared_loader
+
     return shared_loader(model_path)
 
 

@@ -41,29 +41,10 @@ CONTAMINATION_WARNING = (
 # helpers
 # ---------------------------------------------------------------------------------------------
 def resolve_model_path(name: str) -> Path:
-    """A local HF directory for `name`: qaforge.modeling's resolver when present, else a local path,
-    'tiny' (the embedded tiny model, built on first use), or the HF cache. Never downloads."""
-    try:
-        from qaforge.modeling import resolve_model_path as project_resolver
-    except ImportError:
-        project_resolver = None
-    if project_resolver is not None:
-        return Path(project_resolver(name))
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} has no config.json; not a Hugging Face model directory")
-        return path
-    if name == "tiny":
-        from qaforge.paths import RUNS_DIR
-        from qaforge.tiny import build_tiny
-        return build_tiny(RUNS_DIR / "tiny_model")
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(name, local_files_only=True))
-    except Exception as exc:  # noqa: BLE001 - any hub error means: not available offline
-        raise FileNotFoundError(f"model {name!r} is neither a local directory nor in the Hugging Face "
-                                f"cache ({type(exc).__name__}); download it first (qaforge download)") from None
+    """A local HF directory for `name` (path, `tiny`, or a cached hub id). Never downloads."""
+    from qaforge.modeling import resolve_model_path as project_resolver
+
+    return Path(project_resolver(name))
 
 
 def _world_size() -> int:
