@@ -101,7 +101,8 @@ def packed(samples, device):
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def build(path: str, compile_layers: bool, fused_loss: bool = True, dropout: float = 0.1):
+def build(path: str, compile_layers: bool = True, fused_loss: bool = True, dropout: float = 0.1,
+          variant: str = "layers"):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3ForCausalLM
 
