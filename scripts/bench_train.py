@@ -96,13 +96,14 @@ def padded(samples, device):
 
 
 def packed(samples, device):
-    from qaforge.train.data import pack_features
-    batch = pack_features([{"input_ids": i, "labels": lab} for i, lab in samples])
+    from qaforge.train.data import SFTCollator
+    # what the Trainer's collator makes: packed row + host-side label positions (no nonzero() sync)
+    batch = SFTCollator(0, packing=True, label_positions=True)([{"input_ids": i, "labels": lab} for i, lab in samples])
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 def build(path: str, compile_layers: bool = True, fused_loss: bool = True, dropout: float = 0.1,
-          variant: str = "layers"):
+          variant: str = "fused"):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3ForCausalLM
 
@@ -121,14 +122,18 @@ def build(path: str, compile_layers: bool = True, fused_loss: bool = True, dropo
     causal_lm = peft_model.get_base_model()
     if fused_loss:
         fast.install_fused_loss(causal_lm, chunk_size=4096)
-    if compile_layers:
+    if variant == "fused":  # qaforge.train.fused_layer (the Trainer's default)
+        from qaforge.train.fused_layer import install_fused_layers
+        install_fused_layers(causal_lm, compile=compile_layers)
+    elif compile_layers:  # regional compile of HF's own layers
         fast.compile_decoder_layers(causal_lm)
     return peft_model, torch.optim.AdamW(params, lr=1.5e-4, weight_decay=0.01, fused=True)
 
 
-def measure(name, path, kind, steps=25, warmup=5, compile_layers=True, fused_loss=True, dropout=0.1):
+def measure(name, path, kind, steps=25, warmup=5, compile_layers=True, fused_loss=True, dropout=0.1,
+            variant="fused"):
     torch.cuda.empty_cache()
-    model, opt = build(path, compile_layers, fused_loss, dropout)
+    model, opt = build(path, compile_layers, fused_loss, dropout, variant)
     batches = make_batches(kind, steps)
     real_tokens = [sum(len(i) for i, _ in s) for s in batches]
     to_device = padded if path == "baseline" else packed
@@ -292,8 +297,10 @@ def main() -> None:
     section("varlen_check", check_varlen_attention)
     section("baseline_synthetic", lambda: measure("HF+PEFT 16x512", "baseline", "synthetic", args.steps))
     section("qaforge_synthetic", lambda: measure("qaforge 16x512 packed", "qaforge", "synthetic", args.steps))
-    section("qaforge_synthetic_nocompile", lambda: measure("qaforge no compile", "qaforge", "synthetic", args.steps,
-                                                           compile_layers=False))
+    section("qaforge_synthetic_layers", lambda: measure("qaforge, HF layers compiled", "qaforge", "synthetic",
+                                                        args.steps, variant="layers"))
+    section("qaforge_synthetic_nocompile", lambda: measure("qaforge fused, no compile", "qaforge", "synthetic",
+                                                           args.steps, compile_layers=False))
     section("baseline_reallen", lambda: measure("HF+PEFT seed lengths (dyn. pad)", "baseline", "real", args.steps))
     section("qaforge_reallen", lambda: measure("qaforge seed lengths (packed)", "qaforge", "real", args.steps))
     if not args.skip_profile:
@@ -303,7 +310,7 @@ def main() -> None:
     rows = []
     for kind in ("synthetic", "reallen"):
         base = runs.get(f"baseline_{kind}", {})
-        for key in (f"baseline_{kind}", f"qaforge_{kind}", f"qaforge_{kind}_nocompile"):
+        for key in (f"baseline_{kind}", f"qaforge_{kind}", f"qaforge_{kind}_layers", f"qaforge_{kind}_nocompile"):
             r = runs.get(key)
             if not r or "tok_s" not in r:
                 continue

@@ -24,7 +24,7 @@ import bench_train  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variant", default="layers")
+    parser.add_argument("--variant", default="fused")
     parser.add_argument("--kind", default="synthetic")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)
@@ -57,6 +57,8 @@ def main() -> None:
     print(f"[{args.variant}/{args.kind}] step wall {wall * 1e3:.1f} ms (profiled), GPU kernel time "
           f"{busy / 1e3 / args.steps:.1f} ms/step")
     print(events.table(sort_by="self_cuda_time_total", row_limit=args.top, max_name_column_width=70))
+    print("host side (where the CPU time goes):")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=70))
 
 
 if __name__ == "__main__":

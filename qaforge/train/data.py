@@ -190,10 +190,13 @@ class SFTCollator:
     first token of every sample is a prompt token (-100), so no loss crosses a sample boundary.
     """
 
-    def __init__(self, pad_token_id: int, packing: bool = True, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, packing: bool = True, pad_to_multiple_of: int | None = None,
+                 label_positions: bool = False):
         self.pad_token_id = pad_token_id
         self.packing = packing
         self.pad_to_multiple_of = pad_to_multiple_of
+        # also emit `label_positions` (for qaforge's fused loss only: plain HF models reject the key)
+        self.label_positions = label_positions
 
     def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -205,7 +208,10 @@ class SFTCollator:
                 raise ValueError("first token of a sample must be a prompt token (label -100); "
                                  "packing relies on it to keep loss from crossing samples")
         if self.packing:
-            return pack_features(features)
+            batch = pack_features(features)
+            if self.label_positions:
+                batch["label_positions"] = next_token_label_positions(batch["labels"])
+            return batch
         longest = max(len(f["input_ids"]) for f in features)
         if self.pad_to_multiple_of:
             longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -217,7 +223,18 @@ class SFTCollator:
             ids[row, :n] = torch.tensor(feature["input_ids"])
             labels[row, :n] = torch.tensor(feature["labels"])
             mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if self.label_positions:
+            batch["label_positions"] = next_token_label_positions(labels)
+        return batch
+
+
+def next_token_label_positions(labels) -> Any:
+    """Flat indices t of `labels` ([B, T]) whose next-token target labels[b, t + 1] is not -100."""
+    import torch
+
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    return (shifted.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1)  # on the host: no GPU sync
 
 
 def pack_features(features: list[dict[str, list[int]]]) -> dict[str, Any]:

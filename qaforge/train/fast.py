@@ -116,9 +116,14 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc_dtype, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_grad_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_grad_w else None
+        fused_chunk = _compiled_ce_chunk() if hidden.is_cuda and need_grad_h and not need_grad_w else None
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             t = targets[start:start + chunk_size]
+            if fused_chunk is not None:  # one Inductor pass over the logits instead of ~8 eager ones
+                chunk_loss, grad_h[start:start + chunk_size] = fused_chunk(h, weight, t)
+                total += chunk_loss
+                continue
             logits = (h @ weight.t()).to(acc_dtype)  # the one [chunk x vocab] buffer we hold
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
@@ -143,6 +148,31 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         return dh, dw, None, None
 
 
+def ce_chunk_with_grad(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """(sum of CE of h @ weight.T vs targets, d loss / d h) for one chunk; compiled on CUDA.
+
+    Eager, this is ~8 passes over the [chunk x 151,936] logits (upcast, logsumexp, gather, sub, exp,
+    one-hot sub, downcast): 25 ms of a 144 ms T1 step on the H200. Inductor fuses the upcast into the
+    logsumexp reduction and the softmax-minus-one-hot into one pointwise pass writing bf16.
+    """
+    logits = h @ weight.t()
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 for bf16, fp64 stays
+    lse = torch.logsumexp(logits, dim=-1)
+    target_logit = logits.gather(1, targets[:, None]).squeeze(1)
+    one_hot = torch.arange(logits.shape[1], device=logits.device)[None, :] == targets[:, None]
+    grad_logits = (torch.exp(logits - lse[:, None]) - one_hot.to(logits.dtype)).to(h.dtype)
+    return (lse - target_logit).sum(), grad_logits @ weight
+
+
+_COMPILED_CE: dict[str, Any] = {}
+
+
+def _compiled_ce_chunk():
+    if "fn" not in _COMPILED_CE:
+        _COMPILED_CE["fn"] = torch.compile(ce_chunk_with_grad, dynamic=True)
+    return _COMPILED_CE["fn"]
+
+
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                  chunk_size: int = 4096) -> torch.Tensor:
     """Sum of token cross-entropies of `hidden @ weight.T` against `targets` (all must be valid ids)."""
@@ -155,11 +185,20 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
 
 
 def fused_causal_lm_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
-                         num_items_in_batch=None, chunk_size: int = 4096) -> torch.Tensor:
-    """transformers' ForCausalLMLoss semantics (shift by one, ignore -100, mean or sum/num_items)."""
+                         num_items_in_batch=None, chunk_size: int = 4096,
+                         label_positions: torch.Tensor | None = None) -> torch.Tensor:
+    """transformers' ForCausalLMLoss semantics (shift by one, ignore -100, mean or sum/num_items).
+
+    `label_positions` (flat indices t whose next-token label labels[t + 1] is not -100, made on the
+    host by the collator) saves the `nonzero()` here, which stalls the CPU until the GPU has run the
+    whole forward pass.
+    """
     shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].reshape(-1)
     flat_hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
-    keep = (shift_labels != IGNORE_INDEX).nonzero().squeeze(1)
+    if label_positions is not None:
+        keep = label_positions.reshape(-1).to(device=flat_hidden.device, dtype=torch.long)
+    else:
+        keep = (shift_labels != IGNORE_INDEX).nonzero().squeeze(1)
     loss_sum = chunked_linear_cross_entropy(flat_hidden.index_select(0, keep), lm_head_weight,
                                             shift_labels.index_select(0, keep), chunk_size)
     if num_items_in_batch is None:
@@ -183,7 +222,7 @@ def install_fused_loss(causal_lm: torch.nn.Module, chunk_size: int = 4096) -> No
     original_forward = causal_lm.forward
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, labels=None,
-                num_items_in_batch=None, **kwargs):
+                num_items_in_batch=None, label_positions=None, **kwargs):
         if labels is None:
             return original_forward(input_ids=input_ids, attention_mask=attention_mask,
                                     position_ids=position_ids, **kwargs)
@@ -192,7 +231,7 @@ def install_fused_loss(causal_lm: torch.nn.Module, chunk_size: int = 4096) -> No
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask,
                              position_ids=position_ids, use_cache=False, **kwargs)
         loss = fused_causal_lm_loss(outputs.last_hidden_state, self.get_output_embeddings().weight,
-                                    labels, num_items_in_batch, chunk_size)
+                                    labels, num_items_in_batch, chunk_size, label_positions)
         return CausalLMOutputWithPast(loss=loss, logits=None)
 
     causal_lm.forward = types.MethodType(forward, causal_lm)

@@ -68,6 +68,7 @@ class TrainConfig:
     fused_loss: bool = True  # chunked linear + cross-entropy on labelled tokens only (no full logits)
     loss_chunk_size: int = 4096  # tokens per chunk of the fused loss
     compile: bool | None = None  # None: torch.compile the decoder layers on CUDA only
+    fused_layers: bool = True  # Qwen3 layers as one fused function on packed rows (qaforge.train.fused_layer)
     attention: str = "auto"  # auto: varlen when packing, else sdpa
     device: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU

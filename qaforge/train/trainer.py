@@ -112,10 +112,14 @@ def build_model(config: TrainConfig, model_path: Path, device: str, dtype, for_t
     causal_lm = peft_model.get_base_model()
     if config.fused_loss:
         fast.install_fused_loss(causal_lm, config.loss_chunk_size)
-    use_compile = config.compile if config.compile is not None else device == "cuda"
-    if use_compile and for_training:
+    use_compile = bool(config.compile if config.compile is not None else device == "cuda") and for_training
+    fused_layers = 0
+    if config.fused_layers and attention == "varlen":
+        from qaforge.train.fused_layer import install_fused_layers
+        fused_layers = install_fused_layers(causal_lm, compile=use_compile)
+    if use_compile and not fused_layers:
         fast.compile_decoder_layers(causal_lm)
-    return peft_model, {"attn_implementation": attn_impl, "compile": bool(use_compile and for_training),
+    return peft_model, {"attn_implementation": attn_impl, "compile": use_compile, "fused_layers": fused_layers,
                         "fused_loss": config.fused_loss, "dtype": str(dtype).replace("torch.", "")}
 
 
@@ -150,8 +154,11 @@ def _save_merged(peft_model, tokenizer, model_path: Path, out_dir: Path) -> Path
 
     from qaforge.train import fast
 
+    from qaforge.train.fused_layer import uninstall_fused_layers
+
     causal_lm = peft_model.get_base_model()
     fast.uninstall_fused_loss(causal_lm)
+    uninstall_fused_layers(causal_lm)
     merged = peft_model.merge_and_unload()
     try:  # the custom varlen name means nothing to other loaders
         merged.set_attn_implementation("sdpa")
@@ -271,6 +278,73 @@ def _print_summary(results: dict[str, Any]) -> None:
             print(f"{key:>24}: {value}", file=sys.stderr)
 
 
+def _step_timer_callback():
+    """Where the wall time of trainer.train() goes: first step (compilation), steady steps, eval, saves."""
+    import statistics
+
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.begin = self.epoch_end = self.evaluated = None
+            self.step_ends: list[float] = []
+            self.eval_s: list[float] = []
+            self.save_s: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.step_ends.append(time.perf_counter())
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.epoch_end = time.perf_counter()
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.evaluated = time.perf_counter()
+            if self.epoch_end is not None:
+                self.eval_s.append(round(self.evaluated - self.epoch_end, 2))
+
+        def on_save(self, args, state, control, **kwargs):
+            start = self.evaluated or self.epoch_end
+            if start is not None:
+                self.save_s.append(round(time.perf_counter() - start, 2))
+            self.evaluated = None
+
+        def summary(self) -> dict[str, Any]:
+            if self.begin is None or not self.step_ends:
+                return {}
+            gaps = [b - a for a, b in zip(self.step_ends, self.step_ends[1:])]
+            median = statistics.median(gaps) if gaps else 0.0
+            return {"steps_timed": len(self.step_ends),
+                    "first_step_s (includes compilation)": round(self.step_ends[0] - self.begin, 2),
+                    "median_step_ms": round(median * 1e3, 1),
+                    "sum_of_steps_over_3x_median_s": round(sum(g for g in gaps if g > 3 * median), 2),
+                    "eval_s": self.eval_s, "eval_plus_save_s": self.save_s}
+
+    return StepTimer()
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class QaforgeTrainer(Trainer):
+        """transformers' Trainer, minus one per-step GPU sync.
+
+        Trainer counts input tokens with `gather(tensor).sum().item()` after every backward: the CPU
+        then waits for the GPU to drain before it may collate and launch the next step, and the GPU
+        idles meanwhile. In one process the count is a host integer (packed rows hold no padding).
+        """
+
+        def _track_num_input_tokens(self, inputs):
+            if _world_size() > 1 or self.args.include_num_input_tokens_seen in ("no", "non_padding", False) \
+                    or "input_ids" not in inputs:
+                return super()._track_num_input_tokens(inputs)
+            self.state.num_input_tokens_seen += int(inputs["input_ids"].numel())
+
+    return QaforgeTrainer
+
+
 class _TokenCounter:
     """Real (unpadded) input tokens seen at the start of this process's training (non-zero on resume)."""
 
@@ -289,7 +363,7 @@ def train(config: TrainConfig, resume: bool | str | None = None, callbacks: list
     """
     import torch
     from torch.utils.tensorboard import SummaryWriter
-    from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers import AutoTokenizer, TrainerCallback, TrainingArguments, set_seed
     from transformers.integrations import TensorBoardCallback
 
     from qaforge.train.data import SampleDataset, SFTCollator
@@ -360,10 +434,12 @@ def train(config: TrainConfig, resume: bool | str | None = None, callbacks: list
         dataloader_pin_memory=device == "cuda",
         disable_tqdm=not _is_main_process(),
     )
-    trainer = Trainer(model=peft_model, args=args, train_dataset=SampleDataset(train_samples),
+    step_timer = _step_timer_callback()
+    trainer = _trainer_class()(model=peft_model, args=args, train_dataset=SampleDataset(train_samples),
                       eval_dataset=SampleDataset(eval_samples) if has_eval else None,
-                      data_collator=SFTCollator(tokenizer.pad_token_id, packing=config.packing),
-                      callbacks=[_CountTokens(), *extra_callbacks])
+                      data_collator=SFTCollator(tokenizer.pad_token_id, packing=config.packing,
+                                                label_positions=config.fused_loss),
+                      callbacks=[_CountTokens(), step_timer, *extra_callbacks])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     train_output = trainer.train(resume_from_checkpoint=resume or None)
@@ -402,6 +478,7 @@ def train(config: TrainConfig, resume: bool | str | None = None, callbacks: list
             "data": data_stats,
             "fast_path": fast_info,
             "tokens_per_second": tokens_seen / max(train_runtime, 1e-9),
+            "timing": step_timer.summary(),
             "peak_memory": peak_memory,
             "wall_time_s": round(time.time() - started, 2),
             "device": device,

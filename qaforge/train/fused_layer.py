@@ -1,0 +1,251 @@
+"""A fused Qwen3 decoder layer for LoRA training on packed rows.
+
+HF + PEFT run a decoder layer as ~40 Python modules: 7 LoRA wrappers (each its own dropout mask and
+two small matmuls), two RMSNorms, q/k norms, RoPE on [B, H, T, D] tensors that are transposed back
+and forth around attention. `fused_decoder_layer` is the same function written as one pure
+function over the layer's own parameters (read from PEFT's modules at every call, so the adapter
+PEFT saves, merges and the Trainer optimises is exactly the one trained here):
+
+* the three projections that read one input (q/k/v; gate/up) share ONE dropout mask and ONE
+  LoRA-A matmul over their concatenated A matrices: 4 dropout masks and 4 A-matmuls per layer
+  instead of 7 + 7. (PEFT draws an independent mask per adapter; with dropout 0 or in eval the
+  two are the same function, which tests/test_train_fused.py proves.)
+* each LoRA-B product is accumulated into the frozen projection's output by one `addmm`
+  (cuBLAS beta=1 epilogue) instead of a separate matmul + scale + add;
+* q/k norm and RoPE work in the [tokens, heads, head_dim] layout that varlen attention takes.
+
+It is compiled ONCE (`torch.compile(dynamic=True)`) and the same compiled graph serves all 28
+layers, because the weights are arguments rather than module attributes. Dropout's keep-
+probability is a tensor argument, so eval (p = 0) reuses the training graph instead of compiling a
+second one. Falls back to the layer's own forward for anything it does not cover (no packing
+metadata, merged/disabled adapters, DoRA, several adapters).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from qaforge.train import fast
+
+
+class Projection(NamedTuple):
+    weight: torch.Tensor  # frozen base weight [out, in]
+    bias: torch.Tensor | None
+    lora_a: torch.Tensor | None  # [r, in] (fp32 master weights under AMP)
+    lora_b: torch.Tensor | None  # [out, r]
+    scaling: float
+
+
+def _projection(module: torch.nn.Module) -> Projection | None:
+    """The parts of an nn.Linear or a PEFT LoRA Linear with one active plain adapter, else None."""
+    if isinstance(module, torch.nn.Linear):
+        return Projection(module.weight, module.bias, None, None, 1.0)
+    base = getattr(module, "base_layer", None)
+    if not isinstance(base, torch.nn.Linear) or getattr(module, "merged", False) or module.disable_adapters:
+        return None
+    active = list(module.active_adapters)
+    if len(active) != 1 or any(getattr(module, "use_dora", {}).get(name, False) for name in active):
+        return None
+    name = active[0]
+    if name not in module.lora_A or getattr(module, "lora_bias", {}).get(name, False):
+        return None
+    return Projection(base.weight, base.bias, module.lora_A[name].weight, module.lora_B[name].weight,
+                      float(module.scaling[name]))
+
+
+def _dropout_p(module: torch.nn.Module) -> float:
+    dropout = getattr(module, "lora_dropout", None)
+    if dropout is None:
+        return 0.0
+    layer = next(iter(dropout.values()), None)
+    return float(layer.p) if isinstance(layer, torch.nn.Dropout) else 0.0
+
+
+class LayerWeights(NamedTuple):
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    q_norm: torch.Tensor
+    k_norm: torch.Tensor
+    q: Projection
+    k: Projection
+    v: Projection
+    o: Projection
+    gate: Projection
+    up: Projection
+    down: Projection
+
+
+def layer_weights(layer: torch.nn.Module) -> tuple[LayerWeights, float] | None:
+    """(weights, lora dropout p) of a Qwen3DecoderLayer, or None when the fused path does not apply."""
+    attn, mlp = layer.self_attn, layer.mlp
+    modules = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+    projections = [_projection(m) for m in modules]
+    if any(p is None for p in projections):
+        return None
+    p = max((_dropout_p(m) for m in modules), default=0.0)
+    weights = LayerWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                           attn.q_norm.weight, attn.k_norm.weight, *projections)
+    return weights, p
+
+
+# --------------------------------------------------------------------------------------------
+# the pure function
+# --------------------------------------------------------------------------------------------
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # Qwen3RMSNorm: statistics in fp32, normalised value cast back before the weight multiply
+    x32 = x.float()
+    return weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _dropout(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Inverted dropout with a tensor keep-probability: keep == 1 is the identity (eval) in the same graph.
+
+    The uniform draw and the 1/keep scale are fp32 (a bf16 draw is too coarse, bf16(1/0.9) is off by 0.2 %).
+    """
+    mask = torch.rand(x.shape, device=x.device, dtype=torch.float32) < keep
+    return (x.float() * mask / keep).to(x.dtype)
+
+
+def _project_group(x: torch.Tensor, x_drop: torch.Tensor, group: list[Projection]) -> list[torch.Tensor]:
+    """Projections reading the same input: frozen matmuls + one shared LoRA-A matmul + addmm per LoRA-B."""
+    outputs = [F.linear(x, p.weight, p.bias) for p in group]
+    with_lora = [i for i, p in enumerate(group) if p.lora_a is not None]
+    if not with_lora:
+        return outputs
+    a_all = torch.cat([group[i].lora_a for i in with_lora]).to(x.dtype)
+    hidden = F.linear(x_drop, a_all)  # [T, sum of ranks]
+    offset = 0
+    for i in with_lora:
+        p = group[i]
+        rank = p.lora_a.shape[0]
+        out = outputs[i].reshape(-1, outputs[i].shape[-1])
+        outputs[i] = torch.addmm(out, hidden[:, offset:offset + rank], p.lora_b.to(x.dtype).t(),
+                                 alpha=p.scaling).view_as(outputs[i])
+        offset += rank
+    return outputs
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attention(q, k, v, cu_seq_lens, max_len: int, scaling: float):
+    """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D]; one causal problem per packed sample."""
+    kwargs = fast._VARLEN_KW
+    if q.is_cuda and kwargs is not None:
+        from torch.nn.attention.varlen import varlen_attn
+        call = {k_: v_ for k_, v_ in kwargs.items() if not k_.startswith("_")}
+        if k.shape[1] != q.shape[1]:
+            if kwargs["_gqa"]:
+                call["enable_gqa"] = True
+            else:
+                groups = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        if kwargs["_scale"]:
+            call["scale"] = scaling
+        elif abs(scaling - q.shape[-1] ** -0.5) > 1e-12:
+            raise ValueError("this torch's varlen_attn has no `scale` argument and the model needs a custom one")
+        return varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **call)
+    out = fast._segment_sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                             cu_seq_lens, scaling)
+    return out[0].transpose(0, 1)
+
+
+def fused_decoder_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seq_lens: torch.Tensor,
+                        max_len: int, w: LayerWeights, keep: torch.Tensor, eps: float, qk_eps: float,
+                        attn_scaling: float, num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """One Qwen3 decoder layer on a packed row: x [T, H] -> [T, H]; cos/sin [T, head_dim]."""
+    tokens = x.shape[0]
+    h = _rms_norm(x, w.input_norm, eps)
+    q, k, v = _project_group(h, _dropout(h, keep), [w.q, w.k, w.v])
+    q = _rms_norm(q.view(tokens, num_heads, head_dim), w.q_norm, qk_eps)
+    k = _rms_norm(k.view(tokens, num_kv_heads, head_dim), w.k_norm, qk_eps)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    attn = _attention(q, k, v.view(tokens, num_kv_heads, head_dim), cu_seq_lens, max_len, attn_scaling)
+    attn = attn.reshape(tokens, num_heads * head_dim)
+    (o,) = _project_group(attn, _dropout(attn, keep), [w.o])
+    x = x + o
+    h = _rms_norm(x, w.post_norm, eps)
+    gate, up = _project_group(h, _dropout(h, keep), [w.gate, w.up])
+    m = F.silu(gate) * up
+    (down,) = _project_group(m, _dropout(m, keep), [w.down])
+    return x + down
+
+
+# --------------------------------------------------------------------------------------------
+# installing it on a model instance
+# --------------------------------------------------------------------------------------------
+_COMPILED: dict[str, Any] = {}
+_KEEP: dict[tuple, torch.Tensor] = {}
+
+
+def _keep_tensor(value: float, device: torch.device) -> torch.Tensor:
+    """0-dim fp32 keep-probability, made once per (value, device): no fill kernel per layer call."""
+    key = (value, str(device))
+    if key not in _KEEP:
+        _KEEP[key] = torch.full((), value, dtype=torch.float32, device=device)
+    return _KEEP[key]
+
+
+def _compiled_layer_fn():
+    if "fn" not in _COMPILED:
+        import torch._dynamo
+        torch._dynamo.config.recompile_limit = max(getattr(torch._dynamo.config, "recompile_limit", 8), 64)
+        _COMPILED["fn"] = torch.compile(fused_decoder_layer, dynamic=True)
+    return _COMPILED["fn"]
+
+
+def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True) -> int:
+    """Route each decoder layer's packed-row forward through `fused_decoder_layer` (instance patch).
+
+    Module structure, parameters and state_dict are untouched: PEFT save/merge and the optimizer see
+    the same tensors. Layers whose structure the fused function does not cover keep their forward.
+    """
+    layers = causal_lm.model.layers
+    config = causal_lm.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layer_fn = _compiled_layer_fn() if compile else fused_decoder_layer
+    installed = 0
+    for layer in layers:
+        if not hasattr(layer, "self_attn") or not hasattr(layer.self_attn, "q_norm"):
+            continue  # not a Qwen3 layer
+        original_forward = layer.forward
+        statics = dict(eps=layer.input_layernorm.variance_epsilon, qk_eps=layer.self_attn.q_norm.variance_epsilon,
+                       attn_scaling=float(layer.self_attn.scaling), num_heads=config.num_attention_heads,
+                       num_kv_heads=config.num_key_value_heads, head_dim=head_dim)
+
+        def forward(self, hidden_states, *args, _original=original_forward, _statics=statics, **kwargs):
+            cu_seq_lens = kwargs.get("cu_seq_lens_q")
+            found = layer_weights(self) if cu_seq_lens is not None and hidden_states.shape[0] == 1 else None
+            if found is None or kwargs.get("position_embeddings") is None:
+                return _original(hidden_states, *args, **kwargs)
+            weights, p = found
+            cos, sin = kwargs["position_embeddings"]
+            keep = _keep_tensor(1.0 - p if self.training else 1.0, hidden_states.device)
+            if torch.is_grad_enabled() and not hidden_states.requires_grad:
+                # layer 0's input (frozen embeddings) needs no grad, every later layer's does: a
+                # detached leaf that asks for one lets all 28 layers share one compiled graph
+                # (a second compile costs ~15 s; the unused dx of layer 0 ~0.5 ms per step)
+                hidden_states = hidden_states.detach().requires_grad_()
+            out = layer_fn(hidden_states[0], cos[0].to(hidden_states.dtype), sin[0].to(hidden_states.dtype),
+                           cu_seq_lens, int(kwargs["max_length_q"]), weights, keep, **_statics)
+            return out[None]
+
+        layer.forward = types.MethodType(forward, layer)
+        layer._qaforge_fused = True
+        installed += 1
+    return installed
+
+
+def uninstall_fused_layers(causal_lm: torch.nn.Module) -> None:
+    for layer in causal_lm.model.layers:
+        if getattr(layer, "_qaforge_fused", False):
+            del layer.forward
+            del layer._qaforge_fused

@@ -1,0 +1,121 @@
+"""The fused decoder layer and the fused CE chunk compute the plain path's function (fp32, CPU, eager)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from train_helpers import qa_files, random_model_dir  # noqa: F401 - fixtures
+
+from qaforge.train import fast, fused_layer
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _features(model_dir, qa_path, n=5):
+    from transformers import AutoTokenizer
+
+    from qaforge.train.data import ChatEncoder, load_qa_records
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    samples, _ = ChatEncoder(tokenizer, max_seq_len=256).encode_records(load_qa_records(qa_path)[:n])
+    return tokenizer, [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
+
+
+def _peft_model(model_dir, targets, dropout, attn):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, task_type="CAUSAL_LM", target_modules=targets,
+                      init_lora_weights=False)  # random B too, so the adapters change the output
+    return get_peft_model(model, lora)
+
+
+@pytest.mark.parametrize("targets", [TARGETS, ["q_proj", "v_proj"]], ids=["all", "q_v"])
+def test_fused_layers_equal_plain_peft_loss_and_grads(random_model_dir, qa_files, targets):  # noqa: F811
+    from qaforge.train.data import SFTCollator
+
+    tokenizer, features = _features(random_model_dir, qa_files[0])
+    plain = _peft_model(random_model_dir, targets, 0.0, "sdpa")
+    fused = _peft_model(random_model_dir, targets, 0.0, fast.register_varlen_attention())
+    causal_lm = fused.get_base_model()
+    fast.install_fused_loss(causal_lm, chunk_size=64)
+    assert fused_layer.install_fused_layers(causal_lm, compile=False) == len(causal_lm.model.layers)
+
+    plain_loss = plain(**SFTCollator(tokenizer.pad_token_id, packing=False)(features)).loss
+    fused_loss = fused(**SFTCollator(tokenizer.pad_token_id, packing=True, label_positions=True)(features)).loss
+    assert abs(fused_loss.item() - plain_loss.item()) < 1e-4
+    plain_loss.backward()
+    fused_loss.backward()
+    plain_grads = {n: p.grad for n, p in plain.named_parameters() if p.requires_grad}
+    checked = 0
+    for name, param in fused.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and param.grad.abs().sum() > 0, f"no gradient reached {name}"
+            assert torch.allclose(param.grad, plain_grads[name], rtol=1e-3, atol=1e-6), name
+            checked += 1
+    assert checked == 2 * len(targets) * len(causal_lm.model.layers)
+
+
+def test_fused_layers_follow_peft_state_and_uninstall(random_model_dir, qa_files):  # noqa: F811
+    """Eval mode switches dropout off in the same graph; disabled adapters and merges fall back."""
+    from qaforge.train.data import SFTCollator
+
+    tokenizer, features = _features(random_model_dir, qa_files[0], n=3)
+    batch = SFTCollator(tokenizer.pad_token_id, packing=True)(features)
+    fused = _peft_model(random_model_dir, TARGETS, 0.3, fast.register_varlen_attention())
+    reference = _peft_model(random_model_dir, TARGETS, 0.3, fast.register_varlen_attention())
+    fused_layer.install_fused_layers(fused.get_base_model(), compile=False)
+    fused.eval()
+    reference.eval()
+    with torch.no_grad():
+        assert torch.allclose(fused(**batch).logits, reference(**batch).logits, atol=1e-4)
+        fused.train()
+        reference.train()  # training mode: dropout on; with p = 0.3 the outputs must move
+        assert not torch.allclose(fused(**batch).logits, reference(**batch).logits, atol=1e-2)
+        fused.eval()
+        with fused.disable_adapter():  # PEFT's own switch: the fused path must step aside
+            base_logits = fused(**batch).logits
+        with reference.disable_adapter():
+            assert torch.allclose(base_logits, reference(**batch).logits, atol=1e-4)
+    fused_layer.uninstall_fused_layers(fused.get_base_model())
+    assert not any(hasattr(layer, "_qaforge_fused") for layer in fused.get_base_model().model.layers)
+
+
+def test_shared_dropout_keeps_expectation_and_rate():
+    torch.manual_seed(0)
+    x = torch.randn(400, 500)
+    keep = torch.tensor(0.9)
+    y = fused_layer._dropout(x, keep)
+    kept = (y != 0).float().mean().item()
+    assert 0.89 < kept < 0.91
+    assert torch.allclose(y[y != 0], (x / 0.9)[y != 0], rtol=1e-6)
+    assert torch.equal(fused_layer._dropout(x, torch.tensor(1.0)), x)
+
+
+def test_ce_chunk_with_grad_matches_autograd():
+    torch.manual_seed(0)
+    hidden = torch.randn(70, 32, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(500, 32, dtype=torch.float64)
+    targets = torch.randint(0, 500, (70,))
+    loss, grad_h = fast.ce_chunk_with_grad(hidden.detach(), weight, targets)
+    ref = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    ref.backward()
+    assert torch.allclose(loss, ref, rtol=1e-10)
+    assert torch.allclose(grad_h, hidden.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_label_positions_from_the_collator_give_the_same_loss():
+    torch.manual_seed(2)
+    hidden = torch.randn(1, 12, 16)
+    weight = torch.randn(40, 16)
+    labels = torch.randint(0, 40, (1, 12))
+    labels[0, :3] = -100
+    labels[0, 6:8] = -100
+    from qaforge.train.data import next_token_label_positions
+
+    positions = next_token_label_positions(labels)
+    assert positions.tolist() == [2, 3, 4, 7, 8, 9, 10]
+    assert torch.allclose(fast.fused_causal_lm_loss(hidden, weight, labels, label_positions=positions),
+                          fast.fused_causal_lm_loss(hidden, weight, labels), rtol=1e-6)
