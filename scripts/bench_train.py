@@ -103,7 +103,7 @@ def packed(samples, device):
 
 
 def build(path: str, compile_layers: bool = True, fused_loss: bool = True, dropout: float = 0.1,
-          variant: str = "fused"):
+          variant: str = "graphs"):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen3ForCausalLM
 
@@ -122,16 +122,16 @@ def build(path: str, compile_layers: bool = True, fused_loss: bool = True, dropo
     causal_lm = peft_model.get_base_model()
     if fused_loss:
         fast.install_fused_loss(causal_lm, chunk_size=4096)
-    if variant == "fused":  # qaforge.train.fused_layer (the Trainer's default)
+    if variant in ("fused", "graphs"):  # qaforge.train.fused_layer; "graphs" (+ CUDA graphs) is the Trainer's default
         from qaforge.train.fused_layer import install_fused_layers
-        install_fused_layers(causal_lm, compile=compile_layers)
+        install_fused_layers(causal_lm, compile=compile_layers, cuda_graphs=variant == "graphs")
     elif compile_layers:  # regional compile of HF's own layers
         fast.compile_decoder_layers(causal_lm)
     return peft_model, torch.optim.AdamW(params, lr=1.5e-4, weight_decay=0.01, fused=True)
 
 
 def measure(name, path, kind, steps=25, warmup=5, compile_layers=True, fused_loss=True, dropout=0.1,
-            variant="fused"):
+            variant="graphs"):
     torch.cuda.empty_cache()
     model, opt = build(path, compile_layers, fused_loss, dropout, variant)
     batches = make_batches(kind, steps)
@@ -297,6 +297,8 @@ def main() -> None:
     section("varlen_check", check_varlen_attention)
     section("baseline_synthetic", lambda: measure("HF+PEFT 16x512", "baseline", "synthetic", args.steps))
     section("qaforge_synthetic", lambda: measure("qaforge 16x512 packed", "qaforge", "synthetic", args.steps))
+    section("qaforge_synthetic_fused", lambda: measure("qaforge fused, no CUDA graphs", "qaforge", "synthetic",
+                                                       args.steps, variant="fused"))
     section("qaforge_synthetic_layers", lambda: measure("qaforge, HF layers compiled", "qaforge", "synthetic",
                                                         args.steps, variant="layers"))
     section("qaforge_synthetic_nocompile", lambda: measure("qaforge fused, no compile", "qaforge", "synthetic",
@@ -310,7 +312,8 @@ def main() -> None:
     rows = []
     for kind in ("synthetic", "reallen"):
         base = runs.get(f"baseline_{kind}", {})
-        for key in (f"baseline_{kind}", f"qaforge_{kind}", f"qaforge_{kind}_layers", f"qaforge_{kind}_nocompile"):
+        for key in (f"baseline_{kind}", f"qaforge_{kind}", f"qaforge_{kind}_fused", f"qaforge_{kind}_layers",
+                    f"qaforge_{kind}_nocompile"):
             r = runs.get(key)
             if not r or "tok_s" not in r:
                 continue

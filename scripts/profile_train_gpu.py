@@ -24,7 +24,7 @@ import bench_train  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--variant", default="fused")
+    parser.add_argument("--variant", default="graphs")
     parser.add_argument("--kind", default="synthetic")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=25)

@@ -119,3 +119,23 @@ def test_label_positions_from_the_collator_give_the_same_loss():
     assert positions.tolist() == [2, 3, 4, 7, 8, 9, 10]
     assert torch.allclose(fast.fused_causal_lm_loss(hidden, weight, labels, label_positions=positions),
                           fast.fused_causal_lm_loss(hidden, weight, labels), rtol=1e-6)
+
+
+def test_padding_the_packed_row_to_a_bucket_changes_nothing(random_model_dir, qa_files):  # noqa: F811
+    """CUDA graphs need few shapes: rows get a dummy segment up to a multiple of N tokens; loss and grads stay."""
+    from qaforge.train.data import SFTCollator
+
+    tokenizer, features = _features(random_model_dir, qa_files[0], n=4)
+    batch = SFTCollator(tokenizer.pad_token_id, packing=True, label_positions=True)(features)
+    assert batch["input_ids"].shape[1] % 64 != 0  # so the padding path really runs
+    results = []
+    for multiple in (None, 64):
+        model = _peft_model(random_model_dir, TARGETS, 0.0, fast.register_varlen_attention())
+        fast.install_fused_loss(model.get_base_model(), chunk_size=64)
+        fused_layer.install_fused_layers(model.get_base_model(), compile=False, pad_to_multiple_of=multiple)
+        loss = model(**batch).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters() if p.requires_grad]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, rtol=1e-6)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads_a, grads_b))

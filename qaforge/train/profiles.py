@@ -69,6 +69,8 @@ class TrainConfig:
     loss_chunk_size: int = 4096  # tokens per chunk of the fused loss
     compile: bool | None = None  # None: torch.compile the decoder layers on CUDA only
     fused_layers: bool = True  # Qwen3 layers as one fused function on packed rows (qaforge.train.fused_layer)
+    cuda_graphs: bool = True  # replay the compiled fused layers as CUDA graphs (CUDA + compile only)
+    pad_to_multiple_of: int = 512  # packed rows are padded to this many tokens when CUDA graphs are on
     attention: str = "auto"  # auto: varlen when packing, else sdpa
     device: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
@@ -108,6 +110,7 @@ class TrainConfig:
         need(self.micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
         need(self.grad_accum_steps >= 1, f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         need(0.0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        need(self.pad_to_multiple_of >= 1, f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
         need(self.loss_chunk_size >= 64, f"loss_chunk_size must be >= 64, got {self.loss_chunk_size}")
         need(self.attention in _ATTENTION, f"attention must be one of {_ATTENTION}, got {self.attention!r}")
         need(self.device in _DEVICES, f"device must be one of {_DEVICES}, got {self.device!r}")

@@ -116,10 +116,13 @@ def build_model(config: TrainConfig, model_path: Path, device: str, dtype, for_t
     fused_layers = 0
     if config.fused_layers and attention == "varlen":
         from qaforge.train.fused_layer import install_fused_layers
-        fused_layers = install_fused_layers(causal_lm, compile=use_compile)
+        cuda_graphs = config.cuda_graphs and use_compile and device == "cuda"
+        fused_layers = install_fused_layers(causal_lm, compile=use_compile, cuda_graphs=cuda_graphs,
+                                            pad_to_multiple_of=config.pad_to_multiple_of if cuda_graphs else None)
     if use_compile and not fused_layers:
         fast.compile_decoder_layers(causal_lm)
     return peft_model, {"attn_implementation": attn_impl, "compile": use_compile, "fused_layers": fused_layers,
+                        "cuda_graphs": bool(fused_layers and config.cuda_graphs and use_compile and device == "cuda"),
                         "fused_loss": config.fused_loss, "dtype": str(dtype).replace("torch.", "")}
 
 
