@@ -158,11 +158,14 @@ def measure(name, path, kind, steps=25, warmup=5, compile_layers=True, fused_los
         return loss
 
     t_compile = time.time()
+    warmup_steps_s = []
     for i in range(warmup):
+        t_step = time.time()
         loss = step(batches[i])
         if i == 0:
             first_loss = loss.item()
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()
+        warmup_steps_s.append(round(time.time() - t_step, 2))
     warmup_s = time.time() - t_compile
     torch.cuda.reset_peak_memory_stats()
     start = time.time()
@@ -170,13 +173,17 @@ def measure(name, path, kind, steps=25, warmup=5, compile_layers=True, fused_los
         loss = step(samples)
     torch.cuda.synchronize()
     elapsed = time.time() - start
+    if path != "baseline":
+        import torch._dynamo.utils
+        print(f"[{name}] compile phases:\n{torch._dynamo.utils.compile_times()}"[:1500], flush=True)
     n = steps - warmup
     result = {"name": name, "tok_s": round(sum(real_tokens[warmup:]) / elapsed),
               "step_ms": round(elapsed / n * 1000, 1),
               "peak_GiB": round(torch.cuda.max_memory_allocated() / 2**30, 2),
               "first_step_loss": round(first_loss, 5), "first_step_grad_norm": grad_norms[0], "last_loss": round(loss.item(), 4),
               "real_tokens_per_step": round(sum(real_tokens[warmup:]) / n),
-              "warmup_s": round(warmup_s, 1)}
+              "warmup_s": round(warmup_s, 1), "warmup_steps_s": warmup_steps_s,
+              "peak_reserved_GiB": round(torch.cuda.max_memory_reserved() / 2**30, 2)}
     del model, opt
     gc.collect()
     torch.cuda.empty_cache()
@@ -189,6 +196,7 @@ def check_varlen_attention():
     torch.manual_seed(1)
     lengths = [100, 512, 37, 300]
     cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0)), dtype=torch.int32, device="cuda")
+    empty_tail = torch.cat([cu, cu[-1:].repeat(3)])  # the empty trailing segments fused_layer pads with
     q = torch.randn(1, 16, sum(lengths), 128, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, 8, sum(lengths), 128, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
@@ -196,7 +204,16 @@ def check_varlen_attention():
                                            cu_seq_lens_k=cu, max_length_q=512, max_length_k=512)
     ref = fast._segment_sdpa(q.double(), k.double(), v.double(), cu, 128 ** -0.5).transpose(1, 2)
     rel = ((out.double() - ref).norm() / ref.norm()).item()
-    return {"varlen_kwargs": {k_: str(v_) for k_, v_ in (fast._VARLEN_KW or {}).items()}, "rel_err_vs_fp64": rel}
+    q.requires_grad_()
+    padded, _ = fast.varlen_attention_forward(None, q, k, v, None, scaling=128 ** -0.5, cu_seq_lens_q=empty_tail,
+                                              cu_seq_lens_k=empty_tail, max_length_q=512, max_length_k=512)
+    (grad_padded,) = torch.autograd.grad(padded.float().square().sum(), q)
+    out, _ = fast.varlen_attention_forward(None, q, k, v, None, scaling=128 ** -0.5, cu_seq_lens_q=cu,
+                                           cu_seq_lens_k=cu, max_length_q=512, max_length_k=512)
+    (grad,) = torch.autograd.grad(out.float().square().sum(), q)
+    return {"varlen_kwargs": {k_: str(v_) for k_, v_ in (fast._VARLEN_KW or {}).items()}, "rel_err_vs_fp64": rel,
+            "empty_segments_max_diff_out": (padded - out).abs().max().item(),
+            "empty_segments_max_diff_grad": (grad_padded - grad).abs().max().item()}
 
 
 def synthetic_profile_dataset(out_dir: Path, n_train=3099, n_exam=193):
@@ -264,13 +281,15 @@ def run_profile(work: Path):
             "train_runtime_s": results["train"]["train_runtime_s"], "global_step": results["train"]["global_step"],
             "tokens_seen": results["train"]["tokens_seen"], "tokens_per_second": round(results["tokens_per_second"]),
             "eval_loss_per_epoch": results["eval_loss_per_epoch"], "train_loss": results["train"]["train_loss"],
-            "peak_memory": results["peak_memory"], "data": results["data"], "fast_path": results["fast_path"]}
+            "peak_memory": results["peak_memory"], "data": results["data"], "fast_path": results["fast_path"],
+            "timing": results.get("timing")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--only", default="")
     args = parser.parse_args()
@@ -303,8 +322,10 @@ def main() -> None:
                                                         args.steps, variant="layers"))
     section("qaforge_synthetic_nocompile", lambda: measure("qaforge fused, no compile", "qaforge", "synthetic",
                                                            args.steps, compile_layers=False))
-    section("baseline_reallen", lambda: measure("HF+PEFT seed lengths (dyn. pad)", "baseline", "real", args.steps))
-    section("qaforge_reallen", lambda: measure("qaforge seed lengths (packed)", "qaforge", "real", args.steps))
+    section("baseline_reallen", lambda: measure("HF+PEFT seed lengths (dyn. pad)", "baseline", "real", args.steps,
+                                                                      warmup=args.warmup))
+    section("qaforge_reallen", lambda: measure("qaforge seed lengths (packed)", "qaforge", "real", args.steps,
+                                                                     warmup=args.warmup))
     if not args.skip_profile:
         section("profile_fast_v7", lambda: run_profile(Path("/tmp/qaforge_bench")))
 

@@ -199,6 +199,8 @@ def _compiled_layer_fn(cuda_graphs: bool):
     if key not in _COMPILED:
         import torch._dynamo
         torch._dynamo.config.recompile_limit = max(getattr(torch._dynamo.config, "recompile_limit", 8), 64)
+        if cuda_graphs:
+            _no_gc_per_graph_capture()
         # "reduce-overhead": Inductor's CUDA-graph trees replay each layer's kernels (fwd and bwd) as one
         # graph. Without it the step is launch-bound: ~2,700 kernels per T1 step cost more host time
         # (157 ms) than the GPU needs to run them (75 ms), measured on the H200 2026-12-01.
@@ -207,19 +209,41 @@ def _compiled_layer_fn(cuda_graphs: bool):
     return _COMPILED[key]
 
 
+SEGMENT_SLOTS = 16  # cu_seq_lens is padded to a multiple of this many entries
+
+
+def _no_gc_per_graph_capture() -> None:
+    """Each layer's fwd and bwd graph (56 per row shape) is a separate capture; older torch runs a full
+    gc.collect() before every capture, seconds per shape in a process holding a model and a dataset."""
+    import gc
+
+    config = getattr(torch.compiler, "config", None)
+    if config is not None and hasattr(config, "force_cudagraph_gc"):
+        config.force_cudagraph_gc = False
+    else:  # no switch in this torch: move what exists now out of the collector's reach
+        gc.collect()
+        gc.freeze()
+
+
 def _pad_packed_row(x, cos, sin, cu_seq_lens, max_len: int, multiple: int):
-    """Append one dummy segment so the row has a multiple of `multiple` tokens (CUDA graphs are recorded
-    per shape: a handful of buckets instead of one graph per distinct length). max_len is rounded up the
-    same way (flash-attention only uses it as a bound)."""
+    """Give the row a shape from a small set: CUDA graphs are recorded once per input shape.
+
+    Tokens: one dummy segment up to a multiple of `multiple`. Segments: cu_seq_lens is padded to a
+    multiple of SEGMENT_SLOTS entries by repeating its end (empty trailing segments, which flash
+    attention skips), so 11, 16 or 17 samples give one shape. max_len is rounded up like the tokens
+    (flash attention uses it only as a bound).
+    """
     tokens = x.shape[0]
     pad = -tokens % multiple
     bound = -(-max(max_len, pad) // multiple) * multiple
-    if pad == 0:
-        return x, cos, sin, cu_seq_lens, bound
-    x = F.pad(x, (0, 0, 0, pad))
-    cos, sin = F.pad(cos, (0, 0, 0, pad)), F.pad(sin, (0, 0, 0, pad))  # zero rows: the dummy's q, k are 0
-    end = torch.full((1,), tokens + pad, dtype=cu_seq_lens.dtype, device=cu_seq_lens.device)
-    return x, cos, sin, torch.cat([cu_seq_lens, end]), bound
+    if pad:
+        x = F.pad(x, (0, 0, 0, pad))
+        cos, sin = F.pad(cos, (0, 0, 0, pad)), F.pad(sin, (0, 0, 0, pad))  # zero rows: the dummy's q, k are 0
+    entries = cu_seq_lens.shape[0] + (1 if pad else 0)
+    slots = -(-entries // SEGMENT_SLOTS) * SEGMENT_SLOTS
+    tail = torch.full((slots - cu_seq_lens.shape[0],), tokens + pad, dtype=cu_seq_lens.dtype,
+                      device=cu_seq_lens.device)
+    return x, cos, sin, torch.cat([cu_seq_lens, tail]), bound
 
 
 def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True, cuda_graphs: bool = False,
