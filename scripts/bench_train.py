@@ -174,8 +174,8 @@ def measure(name, path, kind, steps=25, warmup=5, compile_layers=True, fused_los
     torch.cuda.synchronize()
     elapsed = time.time() - start
     if path != "baseline":
-        import torch._dynamo.utils
-        print(f"[{name}] compile phases:\n{torch._dynamo.utils.compile_times()}"[:1500], flush=True)
+        from torch._dynamo.utils import compile_times
+        print(f"[{name}] compile phases:\n{compile_times()}"[:1500], flush=True)
     n = steps - warmup
     result = {"name": name, "tok_s": round(sum(real_tokens[warmup:]) / elapsed),
               "step_ms": round(elapsed / n * 1000, 1),
