@@ -201,6 +201,9 @@ def _compiled_layer_fn(cuda_graphs: bool):
         torch._dynamo.config.recompile_limit = max(getattr(torch._dynamo.config, "recompile_limit", 8), 64)
         if cuda_graphs:
             _no_gc_per_graph_capture()
+            import torch._inductor.config as inductor_config
+            # debug assertions on the (re)recording path; off: a new row shape should cost a capture, no more
+            inductor_config.triton.slow_path_cudagraph_asserts = False
         # "reduce-overhead": Inductor's CUDA-graph trees replay each layer's kernels (fwd and bwd) as one
         # graph. Without it the step is launch-bound: ~2,700 kernels per T1 step cost more host time
         # (157 ms) than the GPU needs to run them (75 ms), measured on the H200 2026-12-01.
@@ -253,11 +256,11 @@ def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True, cuda_
     Module structure, parameters and state_dict are untouched: PEFT save/merge and the optimizer see
     the same tensors. Layers whose structure the fused function does not cover keep their forward.
     `cuda_graphs` (needs compile) replays every layer as CUDA graphs; rows are then padded to a
-    multiple of `pad_to_multiple_of` (default 512) tokens.
+    multiple of `pad_to_multiple_of` (default 1024) tokens.
     """
     cuda_graphs = bool(cuda_graphs and compile)
     if cuda_graphs and pad_to_multiple_of is None:
-        pad_to_multiple_of = 512
+        pad_to_multiple_of = 1024
     layers = causal_lm.model.layers
     config = causal_lm.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

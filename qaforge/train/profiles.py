@@ -70,7 +70,9 @@ class TrainConfig:
     compile: bool | None = None  # None: torch.compile the decoder layers on CUDA only
     fused_layers: bool = True  # Qwen3 layers as one fused function on packed rows (qaforge.train.fused_layer)
     cuda_graphs: bool = True  # replay the compiled fused layers as CUDA graphs (CUDA + compile only)
-    pad_to_multiple_of: int = 512  # packed rows are padded to this many tokens when CUDA graphs are on
+    # packed rows are padded to a multiple of this many tokens when CUDA graphs are on: each new row
+    # length costs a CUDA-graph recording (~5 s on the H200), each padded token compute
+    pad_to_multiple_of: int = 1024
     attention: str = "auto"  # auto: varlen when packing, else sdpa
     device: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
