@@ -51,6 +51,11 @@ def test_output_layout_and_results(finished_run):
     assert results["train"]["global_step"] == 6
     losses = [h["loss"] for h in results["train"]["loss_history"]]
     assert losses[-1] < losses[0]  # it learns
+    # the host-side token count (no per-step GPU sync) counts every real token of both epochs
+    assert results["train"]["tokens_seen"] == 2 * results["data"]["train"]["tokens"]
+    assert results["fast_path"]["fused_layers"] > 0 and results["fast_path"]["cuda_graphs"] is False  # CPU
+    timing = results["timing"]
+    assert timing["steps_timed"] == 6 and timing["median_step_ms"] > 0 and len(timing["eval_s"]) == 2
 
 
 def test_merged_logits_equal_adapter_logits(finished_run, random_model_dir):  # noqa: F811

@@ -47,6 +47,11 @@ def train(
                                            "(default: on CUDA only)."),
     fused_loss: Optional[bool] = typer.Option(None, "--fused-loss/--no-fused-loss",
                                               help="Chunked linear+cross-entropy on labelled tokens."),
+    fused_layers: Optional[bool] = typer.Option(None, "--fused-layers/--no-fused-layers",
+                                                help="Qwen3 layers as one fused function on packed rows."),
+    cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs",
+                                               help="Replay the compiled layers as CUDA graphs (CUDA only; "
+                                                    "rows padded to --set pad_to_multiple_of=N tokens)."),
     rouge_eval: Optional[bool] = typer.Option(None, "--rouge/--no-rouge", help="ROUGE-L on the exam split."),
     compare_base: Optional[bool] = typer.Option(None, "--compare-base/--no-compare-base",
                                                 help="Also score the untuned base model."),
@@ -62,7 +67,8 @@ def train(
                  "max_steps": max_steps, "learning_rate": lr, "lora_r": lora_r, "lora_alpha": lora_alpha,
                  "lora_dropout": lora_dropout, "max_seq_len": max_seq_len, "micro_batch_size": micro_batch_size,
                  "grad_accum_steps": grad_accum_steps, "seed": seed, "packing": packing, "compile": compile,
-                 "fused_loss": fused_loss, "rouge_eval": rouge_eval, "eval_compare_base": compare_base,
+                 "fused_loss": fused_loss, "fused_layers": fused_layers, "cuda_graphs": cuda_graphs,
+                 "rouge_eval": rouge_eval, "eval_compare_base": compare_base,
                  "device": device}
     for item in set_:
         if "=" not in item:

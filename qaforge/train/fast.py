@@ -10,8 +10,9 @@ plain transformers path by tests/test_train_fast.py:
    LM head entirely, and the gradient w.r.t. the hidden states is produced chunk by chunk in the
    forward pass (the loss is a scalar, so backward only rescales it). Plain torch: Liger-Kernel's
    fused CE under torch.compile gave a wrong loss on this model (../shared/anchors/ANCHORS.md).
-3. **regional torch.compile**: each decoder layer (with its LoRA adapters and dropout) is compiled
-   on its own, so compilation is ~28x cheaper than whole-model compile and the loss code stays eager.
+3. **regional torch.compile** of HF's own decoder layers: the fallback when the fused layers of
+   `qaforge.train.fused_layer` (the default on packed rows: one compiled function for all layers,
+   replayed as CUDA graphs on GPU) do not apply.
 """
 
 from __future__ import annotations

@@ -256,11 +256,11 @@ def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True, cuda_
     Module structure, parameters and state_dict are untouched: PEFT save/merge and the optimizer see
     the same tensors. Layers whose structure the fused function does not cover keep their forward.
     `cuda_graphs` (needs compile) replays every layer as CUDA graphs; rows are then padded to a
-    multiple of `pad_to_multiple_of` (default 1024) tokens.
+    multiple of `pad_to_multiple_of` (default 512) tokens.
     """
     cuda_graphs = bool(cuda_graphs and compile)
     if cuda_graphs and pad_to_multiple_of is None:
-        pad_to_multiple_of = 1024
+        pad_to_multiple_of = 512
     layers = causal_lm.model.layers
     config = causal_lm.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -71,8 +71,9 @@ class TrainConfig:
     fused_layers: bool = True  # Qwen3 layers as one fused function on packed rows (qaforge.train.fused_layer)
     cuda_graphs: bool = True  # replay the compiled fused layers as CUDA graphs (CUDA + compile only)
     # packed rows are padded to a multiple of this many tokens when CUDA graphs are on: each new row
-    # length costs a CUDA-graph recording (~5 s on the H200), each padded token compute
-    pad_to_multiple_of: int = 1024
+    # length costs a CUDA-graph recording (~5 s on the H200), each padded token compute. 1024 did not
+    # beat 512 on fast_v7 (H200, 2026-12-01: 24 s vs 28 s of recordings, within compile-time noise)
+    pad_to_multiple_of: int = 512
     attention: str = "auto"  # auto: varlen when packing, else sdpa
     device: str = "auto"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
