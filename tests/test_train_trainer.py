@@ -130,3 +130,21 @@ def test_ddp_two_cpu_processes_with_gloo(random_model_dir, qa_files, tmp_path): 
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert results["world_size"] == 2 and results["train"]["global_step"] == 2
     assert (tmp_path / "merged_model" / "model.safetensors").exists()
+
+
+def test_cli_fast_v7_on_cpu_writes_the_seed_layout(random_model_dir, qa_files, tmp_path):  # noqa: F811
+    """`qaforge train --profile fast_v7` end to end on CPU (the issue's acceptance command), ROUGE-L included."""
+    out = tmp_path / "fast_v7"
+    proc = subprocess.run([sys.executable, "-m", "qaforge.cli", "train", "--profile", "fast_v7",
+                           "--model", str(random_model_dir), "--data", str(qa_files[0]), "--exam", str(qa_files[1]),
+                           "--output-dir", str(out), "--set", "max_new_tokens=16"],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["config"]["profile"] == "fast_v7" and results["config"]["lora_r"] == 32
+    assert results["train"]["global_step"] == 6  # 48 samples / 16 per step, 2 epochs
+    assert len(results["eval_loss_per_epoch"]) == 2 and results["contaminated"] is False
+    assert results["rouge"]["status"] == "ok" and 0.0 <= results["rouge_l"] <= 1.0
+    assert set(results["rouge_l_by_difficulty"])  # per-difficulty ROUGE-L from the exam split
+    for name in ("adapter_model.safetensors", "merged_model/model.safetensors", "train_config.json", "loss_curve.png"):
+        assert (out / name).exists(), name
