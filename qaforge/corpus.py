@@ -28,6 +28,12 @@ DEFAULT_EXCLUDE = ("readme*", "license*", "contributors*", "changelog*", "author
 _CHAPTER_HEADING = re.compile(
     r"^#\s+(?:Chapter\s+(?P<n1>\d+)[.:：]?\s*(?P<t1>.*)|第\s*(?P<n2>\d+)\s*章\s*(?P<t2>.*))\s*$",
     re.IGNORECASE | re.MULTILINE)
+# The same headings in text extracted from a PDF (or plain .txt): no '#', often upper case, sometimes a
+# running page header. A line of its own, short, with no sentence punctuation at its end.
+_PLAIN_CHAPTER_HEADING = re.compile(
+    r"^[ \t]*(?:CHAPTER|Chapter)[ \t]+(?P<n1>\d{1,3})\b[ \t]*[.:：]?[ \t]*(?P<t1>[^\n]{0,90}?)[ \t]*$"
+    r"|^[ \t]*第[ \t]*(?P<n2>\d{1,3})[ \t]*章[ \t]*(?P<t2>[^\n]{0,60}?)[ \t]*$",
+    re.MULTILINE)
 _CHAPTER_FILENAME = re.compile(r"^(?:ch|chapter|chap)[_\- ]?(\d+)", re.IGNORECASE)
 _FRONT_MATTER = re.compile(r"\A---\n(.*?)\n---\n", re.DOTALL)
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
@@ -74,11 +80,46 @@ def read_text(path: Path) -> str:
             from pypdf import PdfReader
         except ImportError as exc:  # optional extra
             raise CorpusError(f"{path}: reading PDF needs the optional 'pypdf' package") from exc
-        return "\n\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
+        return "\n\n".join(unwrap_pdf_lines(page.extract_text() or "") for page in PdfReader(path).pages)
     try:
         return path.read_text(encoding="utf-8").replace("\r\n", "\n")
     except UnicodeDecodeError as exc:
         raise CorpusError(f"{path}: not UTF-8 text ({exc})") from exc
+
+
+_CJK = re.compile(r"[\u3000-\u30ff\u3400-\u9fff\uff00-\uffef]")
+
+
+def unwrap_pdf_lines(page: str) -> str:
+    """Join the lines a PDF's layout wrapped inside a paragraph; keep headings and paragraph ends.
+
+    A line is a wrapped one when it is nearly as wide as the page's widest line and does not end a
+    sentence; it is joined to the next with a space (Latin) or nothing (CJK on either side), and
+    "memo-" + "ry" becomes "memory". Short lines (headings, a paragraph's last line) keep their break.
+    """
+    lines = [line.rstrip() for line in page.replace("\r\n", "\n").split("\n")]
+
+    def width(line: str) -> int:  # a CJK character is about two Latin characters wide on the page
+        return len(line) + len(_CJK.findall(line))
+
+    widest = max((width(line) for line in lines), default=0)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        nxt = lines[i + 1].lstrip() if i + 1 < len(lines) else ""
+        wrapped = (line and nxt and width(line) >= 0.75 * widest
+                   and not re.search(r"[。！？.!?:：;；]$", line))
+        if i + 1 == len(lines):
+            break
+        if not wrapped:
+            out.append("\n")
+        elif line.endswith("-") and nxt[:1].islower():
+            out[-1] = line[:-1]
+        elif _CJK.match(line[-1]) or _CJK.match(nxt[0]):
+            pass
+        else:
+            out.append(" ")
+    return "".join(out)
 
 
 def list_source_files(corpus: Path, exclude: tuple[str, ...] = DEFAULT_EXCLUDE) -> list[Path]:
@@ -124,6 +165,8 @@ def _chapters_from_headings(files: list[Path], texts: dict[Path, str]) -> list[C
         text = texts[path]
         heads = list(_CHAPTER_HEADING.finditer(text))
         heads = [h for h in heads if not _inside_code(text, h.start())]
+        if not heads and path.suffix.lower() not in (".md", ".markdown"):
+            heads = _plain_chapter_heads(text)
         if not heads:
             continue
         for i, head in enumerate(heads):
@@ -131,8 +174,36 @@ def _chapters_from_headings(files: list[Path], texts: dict[Path, str]) -> list[C
             title = (head.group("t1") or head.group("t2") or "").strip()
             end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
             chapter = found.setdefault(number, Chapter(number, title))
+            chapter.title = chapter.title or title  # "CHAPTER 2" alone, its title on a later header
             chapter.spans.append((path, head.start(), end))
     return [found[n] for n in sorted(found)] if found else None
+
+
+def _plain_chapter_heads(text: str) -> list[re.Match]:
+    """Chapter headings of PDF-extracted or plain text, without table-of-contents and prose lines.
+
+    Dropped: lines ending in sentence punctuation ("Chapter 3 shows that ... ."), lines ending in a
+    page number or dot leader (table of contents: "Chapter 4 Memory ........ 71"), and a chapter number
+    smaller than one already seen (a back reference, or the TOC before the body restarts at 1 — then
+    the body's sequence wins because it is the longer run).
+    """
+    heads = []
+    for match in _PLAIN_CHAPTER_HEADING.finditer(text):
+        title = (match.group("t1") or match.group("t2") or "").strip()
+        if re.search(r"[。.!?！？;；,，]$", title) and not re.search(r"\.\.\.$", title):
+            continue
+        if re.search(r"(?:\.{2,}|…+|\s)\s*\d{1,4}$", title) or re.fullmatch(r"\d{1,4}", title):
+            continue  # TOC entry or "Chapter 4  71"
+        heads.append(match)
+    # keep the longest run of non-decreasing chapter numbers (the body; running headers repeat a number)
+    runs: list[list[re.Match]] = []
+    for head in heads:
+        number = int(head.group("n1") or head.group("n2"))
+        if runs and number >= int(runs[-1][-1].group("n1") or runs[-1][-1].group("n2")):
+            runs[-1].append(head)
+        else:
+            runs.append([head])
+    return max(runs, key=lambda run: len({int(h.group("n1") or h.group("n2")) for h in run}), default=[])
 
 
 def _chapters_from_filenames(files: list[Path], texts: dict[Path, str]) -> list[Chapter] | None:

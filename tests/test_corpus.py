@@ -159,3 +159,56 @@ def test_project_corpus_chapters():
 def test_glossary_layout_chapters():
     chapters = load_corpus(GLOSSARY)
     assert [c.title for c in chapters] == ["Device Hardware", "Device Software", "Host Software", "Performance"]
+
+
+def _write_pdf(path, pages: list[list[str]]) -> None:
+    """A real PDF (fpdf2, core font): one list of lines per page."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=11)
+    for lines in pages:
+        pdf.add_page()
+        for line in lines:
+            pdf.multi_cell(0, 6, line, new_x="LMARGIN", new_y="NEXT")
+    pdf.output(str(path))
+
+
+def test_pdf_textbook_chapters_skip_contents_and_prose_mentions(tmp_path):
+    pytest.importorskip("fpdf")
+    body = ("A warp is a group of thirty-two threads that the hardware schedules together. "
+            "Threads of a warp execute the same instruction at the same time. ") * 6
+    _write_pdf(tmp_path / "book.pdf", [
+        ["Contents", "Chapter 1 Introduction .......... 1", "Chapter 2 Memory architecture 9"],
+        ["CHAPTER 1 Introduction", body, "Chapter 2 explains how memory is organised."],
+        ["CHAPTER 2", "Memory architecture", body.replace("warp", "shared memory bank")],
+        ["CHAPTER 2 Memory architecture", "Coalesced accesses combine the loads of a warp into few transactions."],
+    ])
+    chapters = load_corpus(tmp_path)
+    assert [(c.number, c.title) for c in chapters] == [(1, "Introduction"), (2, "Memory architecture")]
+    chunks = chunk_corpus(chapters, tmp_path, chunk_size=400, overlap=0)
+    text = read_text(tmp_path / "book.pdf")
+    for chunk in chunks:
+        assert text[chunk.char_start:chunk.char_end] == chunk.text
+    by_chapter = {n: " ".join(c.text for c in chunks if c.chapter == n) for n in (1, 2)}
+    assert "group of thirty-two threads" in by_chapter[1] and "shared memory bank" not in by_chapter[1]
+    assert "shared memory bank" in by_chapter[2] and "Coalesced accesses" in by_chapter[2]
+    assert "Contents" not in by_chapter[1] + by_chapter[2]  # the table of contents is no chapter's text
+
+
+def test_pdf_lines_wrapped_by_the_layout_are_joined():
+    from qaforge.corpus import unwrap_pdf_lines
+
+    page = ("CHAPTER 4 Memory\n"
+            "Shared memory is an on-chip memory that every thread of a block can read and\n"
+            "write; its latency is far lower than that of global memory, and bank conf-\n"
+            "licts serialize accesses.\n"
+            "共享内存是一种片上存储器，同一线程块中的所有线程都可以读写它，它的访问延\n"
+            "迟很低。\n"
+            "4.2 Tiling")
+    assert unwrap_pdf_lines(page) == (
+        "CHAPTER 4 Memory\n"
+        "Shared memory is an on-chip memory that every thread of a block can read and write; its latency is "
+        "far lower than that of global memory, and bank conflicts serialize accesses.\n"
+        "共享内存是一种片上存储器，同一线程块中的所有线程都可以读写它，它的访问延迟很低。\n"
+        "4.2 Tiling")
