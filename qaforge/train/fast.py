@@ -76,11 +76,18 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
         raise ValueError(f"packed batches must be one row, got batch size {query.shape[0]}")
     if dropout:
         raise ValueError("attention dropout is not supported by the varlen path (Qwen3 uses 0)")
-    if query.is_cuda and _VARLEN_KW is not None:
+    out = packed_attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+                           cu_seq_lens, kwargs.get("max_length_q"), scaling)
+    return out.unsqueeze(0), None
+
+
+def packed_attention(q, k, v, cu_seq_lens, max_len: int, scaling: float | None):
+    """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D]: causal attention within each packed sample.
+
+    CUDA: torch's flash-attention varlen kernel; CPU: SDPA per sample (the reference).
+    """
+    if q.is_cuda and _VARLEN_KW is not None:
         from torch.nn.attention.varlen import varlen_attn
-        q = query[0].transpose(0, 1)
-        k = key[0].transpose(0, 1)
-        v = value[0].transpose(0, 1)
         call_kwargs = {k_: v_ for k_, v_ in _VARLEN_KW.items() if not k_.startswith("_")}
         if k.shape[1] != q.shape[1]:
             if _VARLEN_KW["_gqa"]:
@@ -90,11 +97,12 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         if _VARLEN_KW["_scale"] and scaling is not None:
             call_kwargs["scale"] = scaling
-        max_len = kwargs.get("max_length_q")
-        out = varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **call_kwargs)
-        return out.unsqueeze(0), None
-    out = _segment_sdpa(query, key, value, cu_seq_lens, scaling)
-    return out.transpose(1, 2).contiguous(), None
+        elif scaling is not None and abs(scaling - q.shape[-1] ** -0.5) > 1e-12:
+            raise ValueError("this torch's varlen_attn has no `scale` argument and the model needs a custom one")
+        return varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **call_kwargs)
+    out = _segment_sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                        cu_seq_lens, scaling)
+    return out[0].transpose(0, 1)
 
 
 def register_varlen_attention() -> str:

@@ -134,28 +134,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _attention(q, k, v, cu_seq_lens, max_len: int, scaling: float):
-    """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D]; one causal problem per packed sample."""
-    kwargs = fast._VARLEN_KW
-    if q.is_cuda and kwargs is not None:
-        from torch.nn.attention.varlen import varlen_attn
-        call = {k_: v_ for k_, v_ in kwargs.items() if not k_.startswith("_")}
-        if k.shape[1] != q.shape[1]:
-            if kwargs["_gqa"]:
-                call["enable_gqa"] = True
-            else:
-                groups = q.shape[1] // k.shape[1]
-                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        if kwargs["_scale"]:
-            call["scale"] = scaling
-        elif abs(scaling - q.shape[-1] ** -0.5) > 1e-12:
-            raise ValueError("this torch's varlen_attn has no `scale` argument and the model needs a custom one")
-        return varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **call)
-    out = fast._segment_sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                             cu_seq_lens, scaling)
-    return out[0].transpose(0, 1)
-
-
 def fused_decoder_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seq_lens: torch.Tensor,
                         max_len: int, w: LayerWeights, keep: torch.Tensor, eps: float, qk_eps: float,
                         attn_scaling: float, num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
@@ -168,7 +146,7 @@ def fused_decoder_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, c
     cos, sin = cos[:, None, :], sin[:, None, :]
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
-    attn = _attention(q, k, v.view(tokens, num_kv_heads, head_dim), cu_seq_lens, max_len, attn_scaling)
+    attn = fast.packed_attention(q, k, v.view(tokens, num_kv_heads, head_dim), cu_seq_lens, max_len, attn_scaling)
     attn = attn.reshape(tokens, num_heads * head_dim)
     (o,) = _project_group(attn, _dropout(attn, keep), [w.o])
     x = x + o
