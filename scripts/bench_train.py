@@ -15,7 +15,7 @@ Then `fast_v7` through `qaforge.train.trainer.train` (Trainer, eval per epoch, c
 on a synthetic 3,099 + 193 sample dataset with the same length distribution: wall time.
 
 Usage (device):  PYTHONUNBUFFERED=1 python3 scripts/bench_train.py --out $OUT
-Options: --skip-profile, --steps N, --only baseline,qaforge,...
+Options: --skip-profile, --steps N, --warmup N, --cold, --only baseline,qaforge,...
 """
 
 from __future__ import annotations
@@ -299,7 +299,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--only", default="")
+    parser.add_argument("--cold", action="store_true",
+                        help="fresh, empty torch.compile caches (what a user's first run pays)")
     args = parser.parse_args()
+    if args.cold:  # before torch compiles anything: Inductor reads these when it first needs a cache
+        import tempfile
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="qaforge_cold_inductor_")
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="qaforge_cold_triton_")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     import peft
