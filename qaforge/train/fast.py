@@ -81,12 +81,17 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     return out.unsqueeze(0), None
 
 
+def flash_varlen_available(q: torch.Tensor) -> bool:
+    """Whether torch's varlen flash kernel can take `q` (this torch has it, CUDA, half precision)."""
+    return q.is_cuda and _VARLEN_KW is not None and q.dtype in (torch.float16, torch.bfloat16)
+
+
 def packed_attention(q, k, v, cu_seq_lens, max_len: int, scaling: float | None):
     """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq, D]: causal attention within each packed sample.
 
-    CUDA: torch's flash-attention varlen kernel; CPU: SDPA per sample (the reference).
+    CUDA in fp16/bf16: torch's flash-attention varlen kernel; otherwise SDPA per sample (the reference).
     """
-    if q.is_cuda and _VARLEN_KW is not None:
+    if flash_varlen_available(q):
         from torch.nn.attention.varlen import varlen_attn
         call_kwargs = {k_: v_ for k_, v_ in _VARLEN_KW.items() if not k_.startswith("_")}
         if k.shape[1] != q.shape[1]:

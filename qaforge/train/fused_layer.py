@@ -236,7 +236,11 @@ def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True, cuda_
     `cuda_graphs` (needs compile) replays every layer as CUDA graphs; rows are then padded to a
     multiple of `pad_to_multiple_of` (default 512) tokens.
     """
-    cuda_graphs = bool(cuda_graphs and compile)
+    # The per-sample SDPA fallback reads segment bounds on the host (.tolist()), which a CUDA graph
+    # cannot capture: graphs need torch's varlen kernel (torch >= 2.9 on CUDA) and a half dtype.
+    probe = next(causal_lm.parameters())  # the frozen weights' dtype is the activations' dtype here
+    cuda_graphs = bool(cuda_graphs and compile and fast.flash_varlen_available(
+        torch.empty(0, device=probe.device, dtype=probe.dtype)))
     if cuda_graphs and pad_to_multiple_of is None:
         pad_to_multiple_of = 512
     layers = causal_lm.model.layers
@@ -287,6 +291,7 @@ def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True, cuda_
         layer.forward = types.MethodType(forward, layer)
         layer._qaforge_fused = True
         installed += 1
+    causal_lm._qaforge_cuda_graphs = cuda_graphs and installed > 0  # what the run reports as used
     return installed
 
 
@@ -295,3 +300,4 @@ def uninstall_fused_layers(causal_lm: torch.nn.Module) -> None:
         if getattr(layer, "_qaforge_fused", False):
             del layer.forward
             del layer._qaforge_fused
+    causal_lm.__dict__.pop("_qaforge_cuda_graphs", None)

@@ -122,7 +122,7 @@ def build_model(config: TrainConfig, model_path: Path, device: str, dtype, for_t
     if use_compile and not fused_layers:
         fast.compile_decoder_layers(causal_lm)
     return peft_model, {"attn_implementation": attn_impl, "compile": use_compile, "fused_layers": fused_layers,
-                        "cuda_graphs": bool(fused_layers and config.cuda_graphs and use_compile and device == "cuda"),
+                        "cuda_graphs": bool(getattr(causal_lm, "_qaforge_cuda_graphs", False)),
                         "fused_loss": config.fused_loss, "dtype": str(dtype).replace("torch.", "")}
 
 
