@@ -117,6 +117,10 @@ def build_model(config: TrainConfig, model_path: Path, device: str, dtype, for_t
     if config.fused_layers and attention == "varlen":
         from qaforge.train.fused_layer import install_fused_layers
         cuda_graphs = config.cuda_graphs and use_compile and device == "cuda"
+        if cuda_graphs and _world_size() > 1:
+            # not yet measured with DDP's gradient hooks on several GPUs: the fused layers still run
+            log.warning("cuda_graphs is off under DDP (world size %d): untested there", _world_size())
+            cuda_graphs = False
         fused_layers = install_fused_layers(causal_lm, compile=use_compile, cuda_graphs=cuda_graphs,
                                             pad_to_multiple_of=config.pad_to_multiple_of if cuda_graphs else None)
     if use_compile and not fused_layers:
