@@ -256,7 +256,7 @@ def synthetic_profile_dataset(out_dir: Path, n_train=3099, n_exam=193):
     return tokenizer
 
 
-def run_profile(work: Path):
+def run_profile(work: Path, cuda_graphs: bool | None = None):
     """fast_v7 end to end through qaforge.train.trainer.train on a random Qwen3-0.6B."""
     from transformers import GenerationConfig, Qwen3ForCausalLM
 
@@ -280,7 +280,7 @@ def run_profile(work: Path):
     setup_s = time.time() - t0
     config = load_profile("fast_v7", model=str(model_dir), data=str(work / "data/train.jsonl"),
                           exam=str(work / "data/exam.jsonl"), output_dir=str(work / "run"),
-                          rouge_eval=False, logging_steps=20)
+                          rouge_eval=False, logging_steps=20, cuda_graphs=cuda_graphs)
     t1 = time.time()
     results = train(config)
     wall = time.time() - t1
@@ -340,7 +340,9 @@ def main() -> None:
     section("qaforge_reallen", lambda: measure("qaforge seed lengths (packed)", "qaforge", "real", args.steps,
                                                                      warmup=args.warmup))
     if not args.skip_profile:
-        section("profile_fast_v7", lambda: run_profile(Path("/tmp/qaforge_bench")))
+        section("profile_fast_v7", lambda: run_profile(Path("/tmp/qaforge_bench")))  # default: graphs auto (off)
+    if args.only and "profile_fast_v7_graphs" in args.only.split(","):
+        section("profile_fast_v7_graphs", lambda: run_profile(Path("/tmp/qaforge_bench_graphs"), cuda_graphs=True))
 
     runs = res["runs"]
     rows = []

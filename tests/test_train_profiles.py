@@ -98,3 +98,19 @@ def test_cli_rejects_bad_override_without_training():
     assert "lora_dropout" in result.output
     result = CliRunner().invoke(app, ["--profile", "fast_v7", "--set", "nonsense"])
     assert result.exit_code != 0
+
+
+def test_cuda_graphs_auto_policy(monkeypatch):
+    """Auto (None) turns CUDA graphs on only for long runs; never on CPU, without compile, or under DDP."""
+    from qaforge.train.trainer import CUDA_GRAPHS_MIN_STEPS, use_cuda_graphs
+
+    auto = load_profile("fast_v7")
+    assert auto.cuda_graphs is None
+    assert not use_cuda_graphs(auto, "cuda", True, 388)  # fast_v7 on the seed's 3,099 pairs
+    assert use_cuda_graphs(auto, "cuda", True, CUDA_GRAPHS_MIN_STEPS)
+    assert not use_cuda_graphs(auto, "cpu", True, 10**6)
+    assert not use_cuda_graphs(auto, "cuda", False, 10**6)
+    assert use_cuda_graphs(load_profile("fast_v7", cuda_graphs=True), "cuda", True, 10)
+    assert not use_cuda_graphs(load_profile("fast_v7", cuda_graphs=False), "cuda", True, 10**6)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not use_cuda_graphs(load_profile("fast_v7", cuda_graphs=True), "cuda", True, 10**6)

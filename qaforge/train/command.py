@@ -51,7 +51,8 @@ def train(
                                                 help="Qwen3 layers as one fused function on packed rows."),
     cuda_graphs: Optional[bool] = typer.Option(None, "--cuda-graphs/--no-cuda-graphs",
                                                help="Replay the compiled layers as CUDA graphs (CUDA only; "
-                                                    "rows padded to --set pad_to_multiple_of=N tokens)."),
+                                                    "rows padded to --set pad_to_multiple_of=N tokens). "
+                                                    "Default: on for runs of >= 1000 forward passes."),
     rouge_eval: Optional[bool] = typer.Option(None, "--rouge/--no-rouge", help="ROUGE-L on the exam split."),
     compare_base: Optional[bool] = typer.Option(None, "--compare-base/--no-compare-base",
                                                 help="Also score the untuned base model."),

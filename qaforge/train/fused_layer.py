@@ -273,9 +273,10 @@ def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True, cuda_
             x, cos, sin = hidden_states[0], cos[0].to(hidden_states.dtype), sin[0].to(hidden_states.dtype)
             tokens, max_len = x.shape[0], int(kwargs["max_length_q"])
             run = layer_fn
-            if cuda_graphs and not torch.is_grad_enabled():
-                # evaluation (a few batches per epoch): the same function eagerly. Recording inference
-                # graphs for each eval row shape took 5.3 s at fast_v7's first eval on the H200.
+            if not torch.is_grad_enabled():
+                # evaluation (a few batches per epoch): the same function eagerly. A compiled inference
+                # graph is one more compilation, and recording inference CUDA graphs for each eval row
+                # shape took 5.3 s at fast_v7's first eval on the H200.
                 run = fused_decoder_layer
             else:
                 if cuda_graphs and _first:

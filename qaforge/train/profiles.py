@@ -69,7 +69,9 @@ class TrainConfig:
     loss_chunk_size: int = 4096  # tokens per chunk of the fused loss
     compile: bool | None = None  # None: torch.compile the decoder layers on CUDA only
     fused_layers: bool = True  # Qwen3 layers as one fused function on packed rows (qaforge.train.fused_layer)
-    cuda_graphs: bool = True  # replay the compiled fused layers as CUDA graphs (CUDA + compile only)
+    # replay the compiled fused layers as CUDA graphs (CUDA + compile only). None = auto: only for runs
+    # of at least CUDA_GRAPHS_MIN_STEPS forward passes, where the steps they save outweigh their one-off cost
+    cuda_graphs: bool | None = None
     # packed rows are padded to a multiple of this many tokens when CUDA graphs are on: each new row
     # length costs a CUDA-graph recording (~5 s on the H200), each padded token compute. 1024 did not
     # beat 512 on fast_v7 (H200, 2026-12-01: 24 s vs 28 s of recordings, within compile-time noise)

@@ -89,7 +89,31 @@ def _peak_memory_gib(device: str) -> dict[str, float]:
     return out
 
 
-def build_model(config: TrainConfig, model_path: Path, device: str, dtype, for_training: bool = True):
+# CUDA graphs' one-off cost on the H200 (2026-12-01, docs/benchmarks.md): ~35 s more compilation than
+# the plain compile plus ~5 s of recording per padded row length (~6 lengths in fast_v7): ~65 s. They
+# save ~70 ms per forward+backward (157 -> 79 ms at T1; launch-bound steps cost ~150 ms at any length).
+# Break-even: 65 s / 0.07 s ≈ 900 passes; fast_v7 (388) stays below it, long runs are far above.
+CUDA_GRAPHS_MIN_STEPS = 1000
+
+
+def use_cuda_graphs(config: TrainConfig, device: str, use_compile: bool, forward_passes: int | None) -> bool:
+    """config.cuda_graphs, with None decided by the run's length; never without CUDA + compile or under DDP."""
+    if not (use_compile and device == "cuda"):
+        return False
+    wanted = config.cuda_graphs
+    if wanted is None:
+        wanted = forward_passes is not None and forward_passes >= CUDA_GRAPHS_MIN_STEPS
+        log.info("cuda_graphs auto: %s (%s forward passes planned, threshold %d)", wanted, forward_passes,
+                 CUDA_GRAPHS_MIN_STEPS)
+    if wanted and _world_size() > 1:
+        # not yet measured with DDP's gradient hooks on several GPUs: the fused layers still run
+        log.warning("cuda_graphs is off under DDP (world size %d): untested there", _world_size())
+        return False
+    return bool(wanted)
+
+
+def build_model(config: TrainConfig, model_path: Path, device: str, dtype, for_training: bool = True,
+                forward_passes: int | None = None):
     """Base model + LoRA adapters + the fast path pieces the config asks for."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -116,11 +140,7 @@ def build_model(config: TrainConfig, model_path: Path, device: str, dtype, for_t
     fused_layers = 0
     if config.fused_layers and attention == "varlen":
         from qaforge.train.fused_layer import install_fused_layers
-        cuda_graphs = config.cuda_graphs and use_compile and device == "cuda"
-        if cuda_graphs and _world_size() > 1:
-            # not yet measured with DDP's gradient hooks on several GPUs: the fused layers still run
-            log.warning("cuda_graphs is off under DDP (world size %d): untested there", _world_size())
-            cuda_graphs = False
+        cuda_graphs = use_cuda_graphs(config, device, use_compile, forward_passes)
         fused_layers = install_fused_layers(causal_lm, compile=use_compile, cuda_graphs=cuda_graphs,
                                             pad_to_multiple_of=config.pad_to_multiple_of if cuda_graphs else None)
     if use_compile and not fused_layers:
@@ -391,13 +411,14 @@ def train(config: TrainConfig, resume: bool | str | None = None, callbacks: list
         {**config.to_dict(), "resolved_model_path": str(model_path), "device": device,
          "world_size": _world_size()}, indent=2, ensure_ascii=False))
 
-    peft_model, fast_info = build_model(config, model_path, device, dtype)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    total_params = sum(p.numel() for p in peft_model.parameters())
-
     samples_per_step = config.micro_batch_size * config.grad_accum_steps * _world_size()
     steps_per_epoch = max(1, math.ceil(len(train_samples) / samples_per_step))
     total_steps = config.max_steps if config.max_steps > 0 else math.ceil(steps_per_epoch * config.num_epochs)
+
+    peft_model, fast_info = build_model(config, model_path, device, dtype,
+                                        forward_passes=total_steps * config.grad_accum_steps)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in peft_model.parameters())
     counter = _TokenCounter()
     extra_callbacks = list(callbacks or [])
 
