@@ -139,3 +139,38 @@ def test_padding_the_packed_row_to_a_bucket_changes_nothing(random_model_dir, qa
     (loss_a, grads_a), (loss_b, grads_b) = results
     assert torch.allclose(loss_a, loss_b, rtol=1e-6)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(grads_a, grads_b))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the compiled + CUDA-graph path)")
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["compiled", "cuda_graphs"])
+def test_compiled_fused_layers_on_gpu_equal_plain_peft(random_model_dir, qa_files, cuda_graphs):  # noqa: F811
+    """bf16 on CUDA: compiled fused layers (+ CUDA graphs, replayed on the 2nd-4th step) vs HF + PEFT sdpa."""
+    from qaforge.train.data import SFTCollator
+
+    tokenizer, features = _features(random_model_dir, qa_files[0], n=6)
+    padded = SFTCollator(tokenizer.pad_token_id, packing=False)(features)
+    packed = SFTCollator(tokenizer.pad_token_id, packing=True, label_positions=True)(features)
+
+    def on_gpu(batch):
+        return {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def losses_and_grads(model, batch, steps):
+        out = []
+        for _ in range(steps):  # same batch, no optimizer step: every pass must give the same numbers
+            model.zero_grad(set_to_none=True)
+            loss = model(**on_gpu(batch)).loss
+            loss.backward()
+            grads = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.requires_grad])
+            out.append((loss.item(), grads))
+        return out
+
+    plain = _peft_model(random_model_dir, TARGETS, 0.0, "sdpa").to("cuda", torch.bfloat16)
+    fused = _peft_model(random_model_dir, TARGETS, 0.0, fast.register_varlen_attention()).to("cuda", torch.bfloat16)
+    fast.install_fused_loss(fused.get_base_model(), chunk_size=64)
+    fused_layer.install_fused_layers(fused.get_base_model(), compile=True, cuda_graphs=cuda_graphs)
+    assert fused.get_base_model()._qaforge_cuda_graphs is cuda_graphs
+    (ref_loss, ref_grads), = losses_and_grads(plain, padded, 1)
+    for loss, grads in losses_and_grads(fused, packed, 4):
+        assert abs(loss - ref_loss) / ref_loss < 2e-2
+        assert torch.nn.functional.cosine_similarity(grads, ref_grads, dim=0) > 0.99
