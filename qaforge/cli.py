@@ -28,10 +28,10 @@ def tiny(
     out: Path = typer.Option(Path("runs/tiny_model"), help="Output HF model directory."),
     corpus: Optional[Path] = typer.Option(None, help="Corpus folder (default: the project's data/corpus)."),
     seed: int = typer.Option(0, help="Seed: the same seed and corpus give the same model."),
-    pretrain_steps: int = typer.Option(200, help="Causal-LM pretraining steps on the corpus text."),
+    pretrain_steps: int = typer.Option(400, help="Causal-LM pretraining steps on the corpus text."),
     force: bool = typer.Option(False, help="Rebuild even if an identical build exists."),
 ) -> None:
-    """Build the embedded tiny Qwen3 (Qwen3ForCausalLM, ~4 M params, own BPE tokenizer, Qwen3 chat template)."""
+    """Build the embedded tiny Qwen3 (Qwen3ForCausalLM, ~2.6 M params, own BPE tokenizer, Qwen3 chat template)."""
     from qaforge.tiny import TinyConfig, build_tiny
 
     path = build_tiny(out, corpus, TinyConfig(seed=seed, pretrain_steps=pretrain_steps), force=force)

@@ -41,12 +41,14 @@ class TinyConfig:
     vocab_size: int = 4096
     hidden_size: int = 256
     intermediate_size: int = 768
-    num_hidden_layers: int = 4
+    # 2 layers x 400 steps, not 4 x 200: the same ~2.5 CPU minutes, pretraining loss 2.2 instead of 5.5 and
+    # demo ROUGE-L 0.095 instead of 0.041 (2026-12-01; 600 steps reached loss 0.23 but only 0.103, +80 s)
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     head_dim: int = 64  # vLLM's CPU attention needs head_dim >= 64
     max_position_embeddings: int = 4096
-    pretrain_steps: int = 200
+    pretrain_steps: int = 400
     pretrain_seq_len: int = 256
     pretrain_batch: int = 8
     pretrain_lr: float = 3e-3
