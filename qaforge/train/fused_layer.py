@@ -15,10 +15,10 @@ PEFT saves, merges and the Trainer optimises is exactly the one trained here):
 * q/k norm and RoPE work in the [tokens, heads, head_dim] layout that varlen attention takes.
 
 It is compiled ONCE (`torch.compile(dynamic=True)`) and the same compiled graph serves all 28
-layers, because the weights are arguments rather than module attributes. Dropout's keep-
-probability is a tensor argument, so eval (p = 0) reuses the training graph instead of compiling a
-second one. Falls back to the layer's own forward for anything it does not cover (no packing
-metadata, merged/disabled adapters, DoRA, several adapters).
+layers, because the weights are arguments rather than module attributes; optionally the compiled
+layers replay as CUDA graphs. Evaluation (no grad) runs the same function uncompiled: a few batches
+per epoch do not pay for a second compilation. Falls back to the layer's own forward for anything it
+does not cover (no packing metadata, merged/disabled adapters, DoRA, several adapters).
 """
 
 from __future__ import annotations
@@ -119,12 +119,11 @@ def _project_group(x: torch.Tensor, x_drop: torch.Tensor, group: list[Projection
     a_all = torch.cat([group[i].lora_a for i in with_lora]).to(x.dtype)
     hidden = F.linear(x_drop, a_all)  # [T, sum of ranks]
     offset = 0
-    for i in with_lora:
+    for i in with_lora:  # x is [T, in]: out = base + scaling * (hidden_i @ B^T), one GEMM
         p = group[i]
         rank = p.lora_a.shape[0]
-        out = outputs[i].reshape(-1, outputs[i].shape[-1])
-        outputs[i] = torch.addmm(out, hidden[:, offset:offset + rank], p.lora_b.to(x.dtype).t(),
-                                 alpha=p.scaling).view_as(outputs[i])
+        outputs[i] = torch.addmm(outputs[i], hidden[:, offset:offset + rank], p.lora_b.to(x.dtype).t(),
+                                 alpha=p.scaling)
         offset += rank
     return outputs
 
@@ -190,9 +189,6 @@ def _compiled_layer_fn(cuda_graphs: bool):
     return _COMPILED[key]
 
 
-SEGMENT_SLOTS = 16  # cu_seq_lens is padded to a multiple of this many entries
-
-
 def _no_gc_per_graph_capture() -> None:
     """Each layer's fwd and bwd graph (56 per row shape) is a separate capture; older torch runs a full
     gc.collect() before every capture, seconds per shape in a process holding a model and a dataset."""
@@ -204,6 +200,9 @@ def _no_gc_per_graph_capture() -> None:
     else:  # no switch in this torch: move what exists now out of the collector's reach
         gc.collect()
         gc.freeze()
+
+
+SEGMENT_SLOTS = 16  # cu_seq_lens is padded to a multiple of this many entries
 
 
 def _pad_packed_row(x, cos, sin, cu_seq_lens, max_len: int, multiple: int):

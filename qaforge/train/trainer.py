@@ -180,7 +180,6 @@ def _save_merged(peft_model, tokenizer, model_path: Path, out_dir: Path) -> Path
     from transformers import AutoConfig, GenerationConfig
 
     from qaforge.train import fast
-
     from qaforge.train.fused_layer import uninstall_fused_layers
 
     causal_lm = peft_model.get_base_model()
