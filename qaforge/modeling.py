@@ -8,6 +8,57 @@ from pathlib import Path
 
 HUB_SOURCES = ("hf", "modelscope")
 
+# The model families every stage supports (train's fused path, the native engine, evaluate, serve):
+# HF architecture name -> family. One home: stages ask `model_family` instead of testing names themselves.
+SUPPORTED_ARCHITECTURES = {"Qwen3ForCausalLM": "qwen3", "Qwen2ForCausalLM": "qwen2"}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def model_family(hf_config) -> str:
+    """'qwen3' or 'qwen2' for a config (a dict from config.json or a transformers PretrainedConfig);
+    a ValueError naming the architecture and the supported ones for anything else."""
+    get = hf_config.get if isinstance(hf_config, dict) else (lambda k, d=None: getattr(hf_config, k, d))
+    archs = list(get("architectures") or [])
+    for arch in archs:
+        if arch in SUPPORTED_ARCHITECTURES:
+            return SUPPORTED_ARCHITECTURES[arch]
+    model_type = get("model_type")
+    if model_type in SUPPORTED_ARCHITECTURES.values():
+        return model_type
+    name = ", ".join(archs) or f"model_type {model_type!r}"
+    raise ValueError(f"unsupported architecture {name}: qaforge supports "
+                     f"{', '.join(SUPPORTED_ARCHITECTURES)} (the vLLM serving backend serves what vLLM serves)")
+
+
+def pick_device(device: str = "auto") -> str:
+    """The one device rule: 'auto' is CUDA when a GPU is visible, else CPU; an explicit CUDA device
+    without a GPU is an error rather than a silent CPU run."""
+    import torch
+
+    if device in ("auto", None, ""):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but no CUDA GPU is visible")
+    return device
+
+
+def pick_dtype(dtype: str = "auto", device: str = "cpu") -> str:
+    """The one dtype rule: 'auto' is bfloat16 on CUDA (the seed's setting) and float32 on CPU (bf16
+    matmuls are slow there and the equality tests need fp32). Returns the torch attribute name."""
+    if dtype in ("auto", None, ""):
+        return "bfloat16" if str(device).startswith("cuda") else "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be auto or one of {DTYPES}, got {dtype!r}")
+    return dtype
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
 
 def _modelscope_cache(name: str) -> Path:
     root = Path(os.environ.get("MODELSCOPE_CACHE", Path.home() / ".cache" / "modelscope" / "hub"))
