@@ -9,16 +9,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# The course grader's default system prompt (DESIGN.md contract).
+# The course grader's default system prompt (part of its contract, docs/serving.md).
 DEFAULT_SYSTEM_PROMPT = (
     "你是一位精通GPU体系结构、CUDA编程、Triton、cuTile、Tilelang算子开发的顶级技术专家，"
     "你的回答详细准确，并且尽量包含回答中的英文关键词。"
 )
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
+THINK_TAGS = ("<think>", "</think>")
+THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 # An unterminated think block (generation cut by max_tokens) hides everything after it.
-_OPEN_THINK = re.compile(r"<think>.*\Z", re.DOTALL)
-_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
+OPEN_THINK = re.compile(r"<think>.*\Z", re.DOTALL)
+SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
+# What a special token looks like before its last characters arrive (a stream holds it back).
+PARTIAL_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]*\|?")
 
 
 def build_messages(question: str, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
@@ -47,10 +50,14 @@ def prompt_token_ids(tokenizer: Any, question: str,
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def strip_hidden(text: str) -> str:
+    """The text without think blocks (closed or cut off), stray `</think>` tags and special tokens."""
+    text = THINK_BLOCK.sub("", text)
+    text = OPEN_THINK.sub("", text)
+    text = text.replace(THINK_TAGS[1], "")
+    return SPECIAL_TOKEN.sub("", text)
+
+
 def clean_answer(text: str) -> str:
     """Plain-text answer: no think block (closed or cut off), no special tokens, trimmed."""
-    text = _THINK_BLOCK.sub("", text)
-    text = _OPEN_THINK.sub("", text)
-    text = text.replace("</think>", "")
-    text = _SPECIAL_TOKEN.sub("", text)
-    return text.strip()
+    return strip_hidden(text).strip()

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from qaforge.bench_command import bench
+from qaforge.bench.command import bench
 from qaforge.evaluate.command import eval as eval_command
 from qaforge.generate.command import generate
 from qaforge.serve.command import serve

@@ -1,7 +1,8 @@
 """One device call: check the Triton kernels against the torch reference, check the engine against HF,
-then run bench.py's workloads (with HF generate on W2 in the same run). Writes JSON under $OUT.
+then run the engine benchmark's workloads (qaforge.bench.engine, with HF generate on W2 in the same run).
+Writes JSON under $OUT. From the repository root:
 
-    PYTHONUNBUFFERED=1 python scripts/bench_engine_gpu.py [--skip-checks] [--workloads W2,W3,W1,W1f,W4]
+    PYTHONUNBUFFERED=1 python -m scripts.bench_engine_gpu [--skip-checks] [--workloads W2,W3,W1,W1f,W4]
 """
 from __future__ import annotations
 
@@ -10,16 +11,14 @@ import gc
 import json
 import os
 import random
-import sys
 import time
 import traceback
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench  # noqa: E402
-from qaforge.engine.layers import torch_ops  # noqa: E402
-from qaforge.engine.layers.attn_meta import AttnMeta  # noqa: E402
+from qaforge.bench import engine as bench
+from qaforge.engine.layers import torch_ops
+from qaforge.engine.layers.attn_meta import AttnMeta
 
 OUT = os.environ.get("OUT", "/tmp")
 MODEL = "/tmp/qwen3rand"

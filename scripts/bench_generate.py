@@ -10,7 +10,7 @@ with judging overlapped).
 The server runs in its own process (as a real API would); the corpus is synthetic, so every
 chapter has enough distinct sentences for the larger runs.
 
-  .venv/bin/python scripts/bench_generate.py [--concurrency 1 8 32 64] [--out runs/bench_generate.json]
+  .venv/bin/python -m scripts.bench_generate [--concurrency 1 8 32 64] [--out runs/bench_generate.json]
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import openai  # noqa: F401  (imported up front: a one-time cost, not part of any run)
 
-import openai  # noqa: E402,F401  (imported up front: a one-time cost, not part of any run)
-
-from qaforge.generate.llm_client import LLMOptions  # noqa: E402
-from qaforge.generate.pipeline import generate_dataset  # noqa: E402
+from qaforge.generate.llm_client import LLMOptions
+from qaforge.generate.pipeline import generate_dataset
+from qaforge.paths import REPO_DIR as REPO
 
 LATENCY = (1.0, 2.0)
 TERMS = ["线程束（warp）", "共享内存（shared memory）", "全局内存（global memory）", "线程块（thread block）",

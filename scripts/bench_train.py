@@ -1,4 +1,4 @@
-"""GPU training benchmark: workload T1 (../shared/anchors/ANCHORS.md) with plain HF + PEFT and with
+"""GPU training benchmark: workload T1 (docs/benchmarks.md defines it) with plain HF + PEFT and with
 qaforge's training path, in ONE process on one GPU, plus the full fast_v7 profile end to end.
 
 T1: Qwen3-0.6B architecture (random bf16 weights: real ones cannot be downloaded there and speed does
@@ -6,15 +6,15 @@ not depend on them), LoRA r 32 / alpha 64 / dropout 0.1 on q,k,v,o,gate,up,down,
 step, AdamW; tokens/s over 20 steps after 5 warm-up steps. Two data shapes:
 
 * synthetic: 16 x 512 tokens, every token real (the anchor's shape; packing cannot help here);
-* real-length: 16 samples per step drawn from the seed dataset's length distribution (3,099 pairs,
-  Qwen3 token counts estimated from characters, capped at 512; mean ~268), prompt tokens unlabelled.
+* real-length: 16 samples per step drawn from the length distribution of the original course project's
+  dataset (3,099 pairs, Qwen3 token counts estimated from characters, capped at 512; mean ~268), prompt tokens unlabelled.
   The baseline pads each batch to its longest sample (dynamic padding, the stronger baseline);
   tokens/s counts real tokens only, for both.
 
 Then `fast_v7` through `qaforge.train.trainer.train` (Trainer, eval per epoch, checkpoints, merge)
 on a synthetic 3,099 + 193 sample dataset with the same length distribution: wall time.
 
-Usage (device):  PYTHONUNBUFFERED=1 python3 scripts/bench_train.py --out $OUT
+Usage (device, from the repository root):  PYTHONUNBUFFERED=1 python3 -m scripts.bench_train --out $OUT
 Options: --skip-profile, --steps N, --warmup N, --cold, --only baseline,qaforge,...
 """
 
@@ -25,14 +25,11 @@ import gc
 import json
 import os
 import random
-import sys
 import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import torch  # noqa: E402
+import torch
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Seed dataset (pmpp_qa_v2.jsonl, 3,099 pairs): histogram of estimated Qwen3 token lengths of the
@@ -117,7 +114,7 @@ def build(path: str, compile_layers: bool = True, fused_loss: bool = True, dropo
     peft_model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=dropout,
                                                   target_modules=TARGETS, task_type="CAUSAL_LM"))
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    if path == "baseline":  # exactly ../shared/anchors/gpu_anchor.py
+    if path == "baseline":  # exactly the anchors' plain HF + PEFT step (docs/benchmarks.md)
         return peft_model, torch.optim.AdamW(params, lr=1.5e-4, weight_decay=0.01)
     causal_lm = peft_model.get_base_model()
     if fused_loss:
@@ -224,7 +221,7 @@ def check_varlen_attention():
 
 
 def synthetic_profile_dataset(out_dir: Path, n_train=3099, n_exam=193):
-    """Tokenizer from the project's corpus + QA texts whose token lengths follow the seed's histogram."""
+    """Tokenizer from the project's corpus + QA texts whose token lengths follow that dataset's histogram."""
     from qaforge.chat import DEFAULT_SYSTEM_PROMPT
     from qaforge.paths import DEFAULT_CORPUS_DIR
     from qaforge.tiny import read_corpus_text, train_tokenizer

@@ -1,5 +1,7 @@
 """Where does a decode step's time go? (device call; writes $OUT/engine_profile.json)
 
+    python -m scripts.profile_engine_gpu [--sweep]     # from the repository root
+
 Times the paged-decode kernel over block sizes / warps / stages at several (batch, context) shapes with its
 achieved KV bandwidth, the graph replay alone vs a whole engine step at several batch sizes, and W1's prefill.
 """
@@ -13,8 +15,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import bench  # noqa: E402
+from qaforge.bench import engine as bench
 
 OUT = os.environ.get("OUT", "/tmp")
 MODEL = "/tmp/qwen3rand"

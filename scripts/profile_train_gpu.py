@@ -4,22 +4,17 @@ Builds T1 (16 x 512 synthetic, LoRA r 32 on all projections) exactly as scripts/
 warms up, then profiles a few steps with torch.profiler and prints: the step's wall time, the
 GPU's busy time (sum of kernel times), and the top kernels. Busy << wall means launch/CPU bound.
 
-Usage (device):  PYTHONUNBUFFERED=1 python3 scripts/profile_train_gpu.py [--variant layers|fused] [--kind synthetic|real]
+Usage (device, from the repository root):  PYTHONUNBUFFERED=1 python3 -m scripts.profile_train_gpu [--variant layers|fused] [--kind synthetic|real]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-import bench_train  # noqa: E402
+from scripts import bench_train
 
 
 def main() -> None:

@@ -78,7 +78,8 @@ def test_failed_load_exits_with_the_reason_in_the_log(tmp_path):
 
 def test_not_ready_is_503_until_the_warm_up_is_done(request, tmp_path_factory):
     """In process (ASGI, no sockets): hold the real engine's start until the test lets it go."""
-    from qaforge.serve.app import create_app, resolve_model
+    from qaforge.modeling import resolve_model_path
+    from qaforge.serve.app import create_app
     from qaforge.serve.backends import NativeEngine
     from qaforge.serve.settings import ServeSettings
 
@@ -90,7 +91,7 @@ def test_not_ready_is_503_until_the_warm_up_is_done(request, tmp_path_factory):
             await asyncio.to_thread(gate.wait, 60)
             await super().start()
 
-    app = create_app(settings, engine=GatedEngine(resolve_model(settings.model), settings))
+    app = create_app(settings, engine=GatedEngine(str(resolve_model_path(settings.model).resolve()), settings))
     from fastapi.testclient import TestClient
 
     with TestClient(app) as client:

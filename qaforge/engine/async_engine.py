@@ -139,9 +139,7 @@ class AsyncLLM:
     def _run(self) -> None:
         llm = self.llm
         try:
-            if llm.runner.is_cuda:
-                import torch
-                torch.cuda.set_device(llm.runner.device)
+            llm.bind_thread()
             while True:
                 with self._cond:
                     while not self._cmds and llm.is_finished() and not self._stop:
@@ -154,7 +152,7 @@ class AsyncLLM:
                 for kind, arg in cmds:
                     if kind == "add":
                         self._seqs[arg.request_id] = arg
-                        llm.scheduler.add(arg)
+                        llm.add_sequence(arg)
                     else:
                         seq = self._seqs.pop(arg, None)
                         if seq is not None and llm.abort(seq):

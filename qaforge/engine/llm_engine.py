@@ -62,7 +62,10 @@ class LLM:
 
     def add_request(self, prompt_token_ids, params: SamplingParams | None = None,
                     request_id: str | None = None) -> Sequence:
-        seq = self.make_sequence(prompt_token_ids, params, request_id)
+        return self.add_sequence(self.make_sequence(prompt_token_ids, params, request_id))
+
+    def add_sequence(self, seq: Sequence) -> Sequence:
+        """Queue a sequence made (and validated) by `make_sequence`, e.g. on another thread first."""
         self.scheduler.add(seq)
         return seq
 
@@ -84,6 +87,14 @@ class LLM:
 
     def is_finished(self) -> bool:
         return self.scheduler.is_finished()
+
+    def bind_thread(self) -> None:
+        """Make the calling thread launch its kernels on this engine's GPU (a new thread starts on
+        the current default device, which need not be ours); nothing to do on CPU."""
+        if self.runner.is_cuda:
+            import torch
+
+            torch.cuda.set_device(self.runner.device)
 
     def generate(self, prompts: Seq[Seq[int]], sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[GenerationOutput]:

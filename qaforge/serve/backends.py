@@ -1,41 +1,34 @@
 """One engine interface for the server, two backends: the native engine and vLLM.
 
-The server speaks token ids to the engine (DESIGN.md: tokenization lives at the edges), streams
-new tokens back as they are produced, and aborts a request when its client goes away. Both
-backends batch concurrent requests themselves (continuous batching), so the server simply
-submits every request as soon as it arrives.
+The server speaks token ids to the engine (tokenization lives at the edges: qaforge.chat, serve/service.py)
+and streams new tokens back as they are produced. Each backend builds its engine's own sampling object
+once per sequence (`sampling_params`) and hands the engine's stream through with one conversion at most.
+Aborting a request whose consumer leaves early belongs to the engines themselves: both AsyncLLMs abort
+when their stream is closed, so the backends only close the stream they opened. Both batch concurrent
+requests themselves (continuous batching), so the server submits every request as soon as it arrives.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import importlib
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+from qaforge.modeling import pick_device, pick_dtype
 from qaforge.serve.settings import ServeSettings
 
 log = logging.getLogger("qaforge.serve")
 
 
-@dataclass(frozen=True)
-class GenParams:
-    """Sampling for one sequence; temperature 0 means greedy (as in qaforge.engine.SamplingParams)."""
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0              # 0: no top-k
-    seed: int | None = None
-    ignore_eos: bool = False
-
-
 @dataclass
 class TokenDelta:
-    """The tokens one engine step added to one request."""
-    token_ids: list[int]
+    """The tokens one engine step added to one request: the fields of qaforge.engine's RequestOutput,
+    which the native backend yields unchanged."""
+    new_token_ids: list[int]
     finished: bool
     finish_reason: str | None = None  # "stop" (EOS) | "length" | "abort"
 
@@ -50,13 +43,14 @@ class Engine(abc.ABC):
         """Load weights and allocate the KV cache; after it, generate() may be called."""
 
     @abc.abstractmethod
-    def generate(self, prompt_ids: list[int], params: GenParams,
-                 request_id: str) -> AsyncIterator[TokenDelta]:
-        """Stream the new tokens of one request. Closing the iterator early aborts the request."""
+    def sampling_params(self, *, max_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
+                        seed: int | None = None, ignore_eos: bool = False) -> Any:
+        """The engine's own sampling object for one sequence; temperature 0 is greedy, top_k 0 is off."""
 
     @abc.abstractmethod
-    async def abort(self, request_id: str) -> None:
-        """Stop a request and free its KV blocks (idempotent, unknown ids are ignored)."""
+    def generate(self, prompt_ids: list[int], sampling: Any,
+                 request_id: str) -> AsyncIterator[TokenDelta]:
+        """Stream the new tokens of one request. Closing the iterator early aborts the request."""
 
     @abc.abstractmethod
     async def shutdown(self) -> None:
@@ -65,19 +59,6 @@ class Engine(abc.ABC):
     def stats(self) -> dict[str, Any]:
         """Engine-side counters for /metrics and /health (optional)."""
         return {}
-
-
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(dtype: str, device: str) -> str:
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if device.startswith("cuda") else "float32"
 
 
 class NativeEngine(Engine):
@@ -90,40 +71,39 @@ class NativeEngine(Engine):
         self.settings = settings
         self._llm: Any = None
 
-    async def start(self) -> None:
-        # Import torch and the engine in a thread: /health keeps answering 503 meanwhile.
-        engine_module = await asyncio.to_thread(importlib.import_module, "qaforge.engine.async_engine")
-        AsyncLLM = engine_module.AsyncLLM
-        self._sampling_params = engine_module.SamplingParams
-        device = pick_device(self.settings.device)
+    def engine_kwargs(self) -> dict[str, Any]:
         s = self.settings
+        device = pick_device(s.device)
         kwargs = dict(device=device, dtype=pick_dtype(s.dtype, device),
                       max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs,
                       max_num_batched_tokens=max(s.max_num_batched_tokens, s.max_model_len),
                       gpu_memory_utilization=s.gpu_memory_utilization,
                       enable_prefix_caching=s.enable_prefix_caching, enforce_eager=s.enforce_eager)
-        kwargs.update(self.settings.extra)
-        log.info("native engine: %s %s", self.model_path, kwargs)
-        self._llm = AsyncLLM(self.model_path, **kwargs)
+        kwargs.update(s.extra)
+        return kwargs
+
+    async def start(self) -> None:
+        # Importing torch and the engine takes seconds: in a thread, so /health keeps answering 503.
+        self._llm = await asyncio.to_thread(self._build)
         await self._llm.start()
 
-    async def generate(self, prompt_ids: list[int], params: GenParams,
-                       request_id: str) -> AsyncIterator[TokenDelta]:
-        sampling = self._sampling_params(
-            temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
-            max_tokens=params.max_tokens, seed=params.seed, ignore_eos=params.ignore_eos)
-        finished = False
-        try:
-            async for out in self._llm.generate(list(prompt_ids), sampling, request_id):
-                finished = bool(out.finished)
-                yield TokenDelta(list(out.new_token_ids), finished, out.finish_reason)
-        finally:
-            if not finished:  # the consumer left early (disconnect, timeout, stop string)
-                await self.abort(request_id)
+    def _build(self) -> Any:
+        from qaforge.engine import SamplingParams
+        from qaforge.engine.async_engine import AsyncLLM
 
-    async def abort(self, request_id: str) -> None:
-        if self._llm is not None:
-            await self._llm.abort(request_id)
+        self._SamplingParams = SamplingParams
+        kwargs = self.engine_kwargs()
+        log.info("native engine: %s %s", self.model_path, kwargs)
+        return AsyncLLM(self.model_path, **kwargs)
+
+    def sampling_params(self, *, max_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
+                        seed: int | None = None, ignore_eos: bool = False) -> Any:
+        return self._SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
+                                    seed=seed, ignore_eos=ignore_eos)
+
+    def generate(self, prompt_ids: list[int], sampling: Any, request_id: str) -> AsyncIterator[TokenDelta]:
+        # AsyncLLM's RequestOutput has TokenDelta's fields; closing it aborts the request.
+        return self._llm.generate(prompt_ids, sampling, request_id)
 
     async def shutdown(self) -> None:
         if self._llm is not None:
@@ -140,7 +120,7 @@ class NativeEngine(Engine):
 
 
 class VllmEngine(Engine):
-    """vLLM's v1 AsyncLLM, with the seed's settings (fp8, prefix caching, CUDA graphs, big batches)."""
+    """vLLM's v1 AsyncLLM, with the course project's settings (fp8, prefix caching, CUDA graphs, big batches)."""
 
     name = "vllm"
 
@@ -195,29 +175,24 @@ class VllmEngine(Engine):
         log.info("vllm engine: %s", args)
         return AsyncLLM.from_engine_args(args)
 
-    async def generate(self, prompt_ids: list[int], params: GenParams,
-                       request_id: str) -> AsyncIterator[TokenDelta]:
-        sampling = self._SamplingParams(
-            n=1, temperature=params.temperature, top_p=params.top_p,
+    def sampling_params(self, *, max_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
+                        seed: int | None = None, ignore_eos: bool = False) -> Any:
+        return self._SamplingParams(
+            n=1, temperature=temperature, top_p=top_p,
             # -1 = off in every vLLM release (0 is refused by older ones, e.g. the image's 0.11)
-            top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_tokens,
-            seed=params.seed, ignore_eos=params.ignore_eos,
+            top_k=top_k if top_k > 0 else -1, max_tokens=max_tokens, seed=seed, ignore_eos=ignore_eos,
             detokenize=False,  # the server detokenizes (stop strings, think filtering)
             output_kind=self._delta)
-        prompt = self._TokensPrompt(prompt_token_ids=list(prompt_ids))
-        finished = False
-        try:
-            async for out in self._llm.generate(prompt, sampling, request_id):
-                completion = out.outputs[0]
-                finished = bool(out.finished)
-                yield TokenDelta(list(completion.token_ids), finished, completion.finish_reason)
-        finally:
-            if not finished:
-                await self.abort(request_id)
 
-    async def abort(self, request_id: str) -> None:
-        if self._llm is not None:
-            await self._llm.abort(request_id)
+    async def generate(self, prompt_ids: list[int], sampling: Any,
+                       request_id: str) -> AsyncIterator[TokenDelta]:
+        prompt = self._TokensPrompt(prompt_token_ids=list(prompt_ids))
+        # vLLM's generate aborts the request when it is closed or cancelled; closing it is our part.
+        stream = self._llm.generate(prompt, sampling, request_id)
+        async with contextlib.aclosing(stream):
+            async for out in stream:
+                completion = out.outputs[0]
+                yield TokenDelta(list(completion.token_ids), out.finished, completion.finish_reason)
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -1,4 +1,4 @@
-"""The course grader's API (DESIGN.md ⚑) plus /health and /metrics.
+"""The course grader's API (its contract: docs/serving.md) plus /health and /metrics.
 
 GET /      -> {"status": "batch"} once loaded and warmed up (503 {"status": <phase>} before)
 POST /predict {"prompt": str | [str, ...]} -> {"response": str | [str, ...]}, same order and length
@@ -11,13 +11,12 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from qaforge.chat import build_messages, render_prompt
-from qaforge.serve.app import ServerState, get_state
-from qaforge.serve.backends import GenParams
+from qaforge.chat import prompt_token_ids
 from qaforge.serve.errors import ApiError
 from qaforge.serve.http_utils import guarded
 from qaforge.serve.metrics import CONTENT_TYPE_LATEST
 from qaforge.serve.schemas import PredictRequest
+from qaforge.serve.state import ServerState, get_state
 
 router = APIRouter()
 
@@ -51,10 +50,8 @@ async def metrics(request: Request) -> Response:
 
 
 def grader_prompts(state: ServerState, questions: list[str]) -> list[list[int]]:
-    """Default system prompt + non-thinking chat template, tokenized in one batch call."""
-    tok = state.tokenizer
-    texts = [render_prompt(tok, build_messages(q, state.system_prompt)) for q in questions]
-    return tok(texts, add_special_tokens=False)["input_ids"]
+    """The server's system prompt + the non-thinking chat template, as token ids."""
+    return [prompt_token_ids(state.tokenizer, q, state.system_prompt) for q in questions]
 
 
 @router.post("/predict")
@@ -76,15 +73,13 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
     s = state.settings
     jobs = []
     for i, ids in enumerate(prompts):
-        where = "prompt" if single else f"prompt[{i}]"
-        budget = service.fit_max_tokens(ids, body.max_tokens, where)
-        params = GenParams(
-            max_tokens=budget,
+        sampling = service.sampling(
+            ids, body.max_tokens, "prompt" if single else f"prompt[{i}]",
             temperature=s.temperature if body.temperature is None else body.temperature,
             top_p=s.top_p if body.top_p is None else body.top_p,
-            top_k=max(0, s.top_k if body.top_k is None else body.top_k),
+            top_k=s.top_k if body.top_k is None else body.top_k,
             seed=body.seed, ignore_eos=body.ignore_eos)
-        jobs.append((ids, params))
+        jobs.append((ids, sampling))
     with service.admit(len(jobs)):
         results = await guarded(request, asyncio.gather(*(service.complete(ids, p) for ids, p in jobs)),
                                 s.request_timeout)

@@ -11,12 +11,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from qaforge.chat import render_prompt
-from qaforge.serve.app import ServerState, get_state
-from qaforge.serve.backends import GenParams
 from qaforge.serve.errors import ApiError
 from qaforge.serve.http_utils import SSE_DONE, EventStreamResponse, guarded, sse, with_deadline
 from qaforge.serve.schemas import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from qaforge.serve.service import GenerationService
+from qaforge.serve.state import ServerState, get_state
 
 router = APIRouter(prefix="/v1")
 
@@ -44,13 +43,13 @@ def _check_common(state: ServerState, body: OpenAIFields) -> None:
 
 
 def _params(service: GenerationService, body: OpenAIFields, prompt_ids: list[int],
-            requested: int | None, param: str) -> GenParams:
+            requested: int | None, param: str) -> Any:
     # OpenAI's defaults (temperature 1, top_p 1) unless the request says otherwise.
-    return GenParams(
-        max_tokens=service.fit_max_tokens(prompt_ids, requested, param),
+    return service.sampling(
+        prompt_ids, requested, param,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=max(0, body.top_k or 0), seed=body.seed, ignore_eos=body.ignore_eos)
+        top_k=body.top_k or 0, seed=body.seed, ignore_eos=body.ignore_eos)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -1,7 +1,10 @@
-"""Requests -> engine sequences: admission control, metrics, detokenization, stop strings.
+"""Requests -> engine sequences: admission control, sampling parameters, metrics, detokenization,
+stop strings.
 
 Routes (grader and OpenAI) call only `GenerationService`; it knows nothing about HTTP except the
-ApiError it raises for a full queue or a prompt that does not fit.
+ApiError it raises for a full queue or a prompt that does not fit. A request's sampling fields become
+the engine's own sampling object here, once (`sampling`). Streams are closed, never aborted, here:
+closing an engine stream early is what aborts its sequence (serve/backends.py).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator, Sequence
 
-from qaforge.serve.backends import Engine, GenParams
+from qaforge.serve.backends import Engine, TokenDelta
 from qaforge.serve.errors import ApiError
 from qaforge.serve.metrics import ServerMetrics
 from qaforge.serve.settings import ServeSettings
@@ -71,10 +74,19 @@ class GenerationService:
         budget = self.settings.max_tokens if requested is None else requested
         return max(1, min(budget, limit - len(prompt_ids)))
 
+    def sampling(self, prompt_ids: Sequence[int], max_tokens: int | None, param: str = "prompt", *,
+                 temperature: float, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 ignore_eos: bool = False) -> Any:
+        """The engine's sampling parameters for one sequence: the answer budget fitted to the context
+        (`fit_max_tokens`), top_k -1 read as 0 (off)."""
+        return self.engine.sampling_params(
+            max_tokens=self.fit_max_tokens(prompt_ids, max_tokens, param), temperature=temperature,
+            top_p=top_p, top_k=max(0, top_k), seed=seed, ignore_eos=ignore_eos)
+
     # ---- generation ------------------------------------------------------------------------
-    async def _sequence(self, prompt_ids: list[int], params: GenParams,
-                        outcome: dict[str, str] | None = None) -> AsyncIterator[Any]:
-        """One engine sequence with its metrics; closing it aborts the sequence in the engine.
+    async def _sequence(self, prompt_ids: list[int], sampling: Any,
+                        outcome: dict[str, str] | None = None) -> AsyncIterator[TokenDelta]:
+        """One engine sequence with its metrics; closing it closes (so aborts) the engine's stream.
         A consumer that ends it early on purpose (a stop string) says so in `outcome["reason"]`."""
         m = self.metrics
         m.prompt_tokens.inc(len(prompt_ids))
@@ -84,11 +96,11 @@ class GenerationService:
         produced = 0
         reason = "abort"
         m.queue_depth.inc()
-        gen = self.engine.generate(prompt_ids, params, request_id)
+        gen = self.engine.generate(prompt_ids, sampling, request_id)
         try:
             async with contextlib.aclosing(gen):
                 async for delta in gen:
-                    if delta.token_ids:
+                    if delta.new_token_ids:
                         now = time.perf_counter()
                         if first is None:
                             first = now
@@ -96,8 +108,8 @@ class GenerationService:
                             m.running.inc()
                             m.ttft.observe(now - start)
                         last = now
-                        produced += len(delta.token_ids)
-                        m.generation_tokens.inc(len(delta.token_ids))
+                        produced += len(delta.new_token_ids)
+                        m.generation_tokens.inc(len(delta.new_token_ids))
                     if delta.finished:
                         reason = delta.finish_reason or "stop"
                     yield delta
@@ -111,15 +123,15 @@ class GenerationService:
                     m.tpot.observe((last - first) / (produced - 1))
             m.sequences.labels((outcome or {}).get("reason") or reason).inc()
 
-    async def stream(self, prompt_ids: list[int], params: GenParams,
+    async def stream(self, prompt_ids: list[int], sampling: Any,
                      stop: Sequence[str] = ()) -> AsyncIterator[StreamEvent]:
         """Visible text as it is produced; the last event carries the finish reason."""
         text = TextStream(self.tokenizer, stop)
         reason, outcome = "length", {}
-        seq = self._sequence(prompt_ids, params, outcome)
+        seq = self._sequence(prompt_ids, sampling, outcome)
         async with contextlib.aclosing(seq):
             async for delta in seq:
-                piece = text.push(delta.token_ids)
+                piece = text.push(delta.new_token_ids)
                 if piece:
                     yield StreamEvent(piece, None, text.num_tokens)
                 if text.stopped:
@@ -130,17 +142,17 @@ class GenerationService:
                     break
         yield StreamEvent(text.finish(), reason, text.num_tokens)
 
-    async def complete(self, prompt_ids: list[int], params: GenParams,
+    async def complete(self, prompt_ids: list[int], sampling: Any,
                        stop: Sequence[str] = ()) -> Completion:
         stream = TextStream(self.tokenizer, stop) if stop else None
         token_ids: list[int] = []
         reason, outcome = "length", {}
-        seq = self._sequence(prompt_ids, params, outcome)
+        seq = self._sequence(prompt_ids, sampling, outcome)
         async with contextlib.aclosing(seq):
             async for delta in seq:
-                token_ids.extend(delta.token_ids)
+                token_ids.extend(delta.new_token_ids)
                 if stream is not None:
-                    stream.push(delta.token_ids)
+                    stream.push(delta.new_token_ids)
                     if stream.stopped:
                         reason = outcome["reason"] = "stop"
                         break

@@ -28,7 +28,7 @@ class ServeSettings:
     temperature: float = 0.0             # /predict sampling (greedy: the grader wants stable answers)
     top_p: float = 1.0
     top_k: int = 0
-    max_model_len: int = 512             # the seed's context: prompt + answer
+    max_model_len: int = 512             # the course project's context: prompt + answer
     max_num_seqs: int = 256              # sequences the engine runs at once (vLLM seed: 4096)
     max_num_batched_tokens: int = 16384
     # Backpressure: sequences admitted (running + queued in the engine). Past it: 429 + Retry-After.
@@ -40,7 +40,7 @@ class ServeSettings:
     warmup_max_tokens: int = 64
     warmup_file: str = ""                # default: data/warmup_questions.json
     exit_on_load_failure: bool = True    # a server that cannot load should die, not hang at 503
-    # vLLM only (the seed's settings; CPU needs quantization="" and a small memory fraction)
+    # vLLM only (the course project's settings; CPU needs quantization="" and a small memory fraction)
     quantization: str = ""               # e.g. fp8 on GPU
     gpu_memory_utilization: float = 0.95
     enable_prefix_caching: bool = True

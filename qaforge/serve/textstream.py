@@ -8,15 +8,9 @@ still turn into one of those when the next token arrives.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
-from qaforge.chat import clean_answer
-
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
-_OPEN_THINK = re.compile(r"<think>.*\Z", re.DOTALL)
-_SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>")
-_TAGS = ("<think>", "</think>")
+from qaforge.chat import PARTIAL_SPECIAL_TOKEN, THINK_TAGS, clean_answer, strip_hidden
 
 
 class IncrementalDetokenizer:
@@ -59,9 +53,9 @@ def _held_back_tag(text: str) -> int:
     if i < 0:
         return len(text)
     tail = text[i:]
-    if any(tag.startswith(tail) for tag in _TAGS):
+    if any(tag.startswith(tail) for tag in THINK_TAGS):
         return i
-    if re.fullmatch(r"<\|[a-z_]*\|?", tail):
+    if PARTIAL_SPECIAL_TOKEN.fullmatch(tail):
         return i
     return len(text)
 
@@ -86,10 +80,7 @@ def visible_text(raw: str, stop: Sequence[str] = (), final: bool = False) -> tup
         text = clean_answer(raw)
         text, stopped = _stop_cut(text, stop, final=True)
         return text.strip(), stopped
-    text = _THINK_BLOCK.sub("", raw)
-    text = _OPEN_THINK.sub("", text)
-    text = text.replace("</think>", "")
-    text = _SPECIAL_TOKEN.sub("", text)
+    text = strip_hidden(raw)
     text = text[:_held_back_tag(text)]
     text, stopped = _stop_cut(text, stop, final=False)
     # Whitespace at either end waits: the final answer is stripped (clean_answer), so a stream

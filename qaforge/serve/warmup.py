@@ -1,4 +1,5 @@
-"""Warm-up: the seed's 15 representative questions (easy, medium, hard, combined), all at once.
+"""Warm-up: the original course project's 15 representative questions (easy, medium, hard, combined;
+data/warmup_questions.json), all at once.
 
 Run before GET / reports ready, so the first graded request does not pay for lazy allocations,
 kernel compilation or CUDA-graph capture.
@@ -15,7 +16,6 @@ from typing import Any
 
 from qaforge.chat import prompt_token_ids
 from qaforge.paths import WARMUP_QUESTIONS
-from qaforge.serve.backends import GenParams
 
 log = logging.getLogger("qaforge.serve")
 
@@ -39,12 +39,11 @@ async def warm_up(service: Any, system_prompt: str | None, max_tokens: int,
     jobs = []
     for q in questions:
         ids = prompt_token_ids(tokenizer, q, system_prompt)
-        budget = service.fit_max_tokens(ids, max_tokens)
-        jobs.append(service.complete(ids, GenParams(max_tokens=budget, temperature=0.0)))
+        jobs.append(service.complete(ids, service.sampling(ids, max_tokens, temperature=0.0)))
     # One sampled request too: temperature/top-p/top-k take another path through the sampler.
     ids = prompt_token_ids(tokenizer, questions[0], system_prompt)
-    jobs.append(service.complete(ids, GenParams(max_tokens=service.fit_max_tokens(ids, max_tokens),
-                                                temperature=0.7, top_p=0.8, top_k=20, seed=0)))
+    sampled = service.sampling(ids, max_tokens, temperature=0.7, top_p=0.8, top_k=20, seed=0)
+    jobs.append(service.complete(ids, sampled))
     results = await asyncio.gather(*jobs)
     seconds = time.perf_counter() - started
     tokens = sum(r.completion_tokens for r in results)

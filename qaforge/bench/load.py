@@ -249,7 +249,7 @@ def run_bench(endpoints: Sequence[str] = (), *, labels: Sequence[str] | None = N
     Returns {"config": ..., "results": [summary per target]}; with `out_dir`, also writes
     bench.json and bench.png there. Prints a comparison table when `progress`.
     """
-    from qaforge.bench_report import print_table, progress_bar, write_outputs
+    from qaforge.bench.report import print_table, progress_bar, write_outputs
 
     if api not in APIS:
         raise ValueError(f"api must be one of {APIS}, got {api!r}")

@@ -29,7 +29,7 @@ def bench(
     timeout: float = typer.Option(600.0, help="seconds per request"),
 ) -> None:
     """Measure TTFT, TPOT, ITL, end-to-end latency, requests/s and output tokens/s."""
-    from qaforge.bench import run_bench
+    from qaforge.bench.load import run_bench
 
     if not endpoint and not (serve_model and engine):
         raise typer.BadParameter("give --endpoint URL (repeatable), or --serve-model PATH with --engine")
