@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-# Seed dataset (pmpp_qa_v2.jsonl, 3,099 pairs): histogram of estimated Qwen3 token lengths of the
+# The course project's dataset (pmpp_qa_v2.jsonl, 3,099 pairs): histogram of estimated Qwen3 token lengths of the
 # full chat sample (system + question + answer + template), 8-token bins (lower edge, count),
 # 512 = truncated. Estimate: 0.7 tokens per CJK character, 0.3 per other character.
 SEED_LENGTH_HISTOGRAM = [

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from qaforge.bench_command import bench
+from qaforge.bench.command import bench
 from qaforge.serve.launcher import vllm_python
 from serve_helpers import model_dir
 

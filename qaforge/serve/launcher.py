@@ -60,8 +60,9 @@ class ServerProcess:
         child_env = dict(os.environ)
         child_env.update({"QAFORGE_MODEL": str(model), "QAFORGE_ENGINE": engine})
         if engine == "vllm" and shutil.which("nvidia-smi") is None:
-            # vLLM on a CPU: 1 GiB of KV cache, and no torch.compile warm-up (a minute here;
-            # on a GPU the same flag would turn CUDA graphs off, so it stays GPU-only).
+            # vLLM on a CPU: 1 GiB of KV cache, and no torch.compile warm-up (it costs more than the
+            # tests' whole run, docs/benchmarks.md; on a GPU the same flag would turn CUDA graphs off,
+            # so it is set on CPU only).
             child_env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             child_env.setdefault("QAFORGE_GPU_MEMORY_UTILIZATION", "0.3")
             child_env.setdefault("QAFORGE_ENFORCE_EAGER", "1")

@@ -29,7 +29,7 @@ class ServeSettings:
     top_p: float = 1.0
     top_k: int = 0
     max_model_len: int = 512             # the course project's context: prompt + answer
-    max_num_seqs: int = 256              # sequences the engine runs at once (vLLM seed: 4096)
+    max_num_seqs: int = 256              # sequences the engine runs at once (the course project's vLLM: 4096)
     max_num_batched_tokens: int = 16384
     # Backpressure: sequences admitted (running + queued in the engine). Past it: 429 + Retry-After.
     max_pending: int = 8192
