@@ -7,7 +7,7 @@ think blocks lives here, at the edges.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 # The course grader's default system prompt (part of its contract, docs/serving.md).
 DEFAULT_SYSTEM_PROMPT = (
@@ -46,8 +46,15 @@ def render_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 def prompt_token_ids(tokenizer: Any, question: str,
                      system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> list[int]:
     """Token ids of the generation prompt for one question (what the engine is fed)."""
-    text = render_prompt(tokenizer, build_messages(question, system_prompt))
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return prompts_token_ids(tokenizer, [question], system_prompt)[0]
+
+
+def prompts_token_ids(tokenizer: Any, questions: Sequence[str],
+                      system_prompt: str | None = DEFAULT_SYSTEM_PROMPT) -> list[list[int]]:
+    """`prompt_token_ids` for many questions, tokenized in one batch call: the same ids, and for the
+    grader's thousand-question /predict a measurable part of its wall time less."""
+    texts = [render_prompt(tokenizer, build_messages(q, system_prompt)) for q in questions]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def strip_hidden(text: str) -> str:

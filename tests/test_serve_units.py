@@ -110,6 +110,24 @@ def test_incremental_detokenizer_matches_full_decode_on_the_tiny_tokenizer(reque
     assert out == clean_answer(tok.decode(ids, skip_special_tokens=True)) == text
 
 
+def test_grader_prompts_are_chat_prompt_token_ids_batched(request, tmp_path_factory):
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from qaforge.chat import DEFAULT_SYSTEM_PROMPT, prompt_token_ids
+    from qaforge.serve.routes_grader import grader_prompts
+
+    tok = AutoTokenizer.from_pretrained(model_dir(request, tmp_path_factory))
+    questions = ["什么是warp？", "为什么要合并访存（memory coalescing）？", "a"]
+    for system in (DEFAULT_SYSTEM_PROMPT, None):
+        state = SimpleNamespace(tokenizer=tok, system_prompt=system)
+        ids = grader_prompts(state, questions)
+        assert ids == [prompt_token_ids(tok, q, system) for q in questions]
+    assert len(ids[0]) < len(grader_prompts(SimpleNamespace(tokenizer=tok, system_prompt=DEFAULT_SYSTEM_PROMPT),
+                                            questions[:1])[0])  # the system prompt is in there
+
+
 # ---- errors ----------------------------------------------------------------------------------
 def test_validation_errors_read_as_one_sentence():
     errors = [{"type": "string_type", "loc": ("body", "prompt", "str"), "msg": "Input should be a valid string"},

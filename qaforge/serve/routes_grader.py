@@ -11,7 +11,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from qaforge.chat import prompt_token_ids
+from qaforge.chat import prompts_token_ids
 from qaforge.serve.errors import ApiError
 from qaforge.serve.http_utils import guarded
 from qaforge.serve.metrics import CONTENT_TYPE_LATEST
@@ -50,8 +50,8 @@ async def metrics(request: Request) -> Response:
 
 
 def grader_prompts(state: ServerState, questions: list[str]) -> list[list[int]]:
-    """The server's system prompt + the non-thinking chat template, as token ids."""
-    return [prompt_token_ids(state.tokenizer, q, state.system_prompt) for q in questions]
+    """The server's system prompt + the non-thinking chat template, as token ids (one batch call)."""
+    return prompts_token_ids(state.tokenizer, questions, state.system_prompt)
 
 
 @router.post("/predict")
