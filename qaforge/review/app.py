@@ -93,7 +93,12 @@ def create_app(folder: Path, sample: int = 50, seed: int = 0, corpus: Path | Non
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return JSONResponse({"detail": f"bad request: {problems}"}, status_code=422)
 
-    if is_eval_run(folder):
+    @app.get("/api/health")
+    def health() -> dict[str, str]:
+        return {"mode": "eval" if eval_mode else "dataset", "folder": str(folder)}
+
+    eval_mode = is_eval_run(folder)
+    if eval_mode:
         _eval_routes(app, templates, folder)
         return app
     if not (folder / "qa.json").is_file():
