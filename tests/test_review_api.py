@@ -44,11 +44,17 @@ def test_wilson_matches_published_values():
 
 
 def test_overlap_spans_mark_shared_runs_only():
-    chunk = "全局内存（global memory）延迟很高。共享内存很快。"
-    spans = overlap_spans(chunk, "global memory 的延迟很高")
-    marked = [chunk[s:e] for s, e in spans]
-    assert "global memory" in marked[0] and any("延迟很高" in m for m in marked)
-    assert not any("共享" in m for m in marked)
+    chunk = "全局内存（global memory）的访问延迟很高。共享内存很快。heterogeneous"
+    spans = overlap_spans(chunk, "global memory 的访问延迟很高，共享。General")
+    assert [chunk[s:e] for s, e in spans] == ["global memory", "的访问延迟很高"]   # "共享", "gene": chance
+
+
+def test_segments_carry_the_cited_source_span():
+    from qaforge.review.items import segments
+
+    pieces = segments("abcdefghij", [(2, 6)], source=(4, 8))
+    assert pieces == [("ab", False, False), ("cd", True, False), ("ef", True, True), ("gh", False, True),
+                      ("ij", False, False)]
 
 
 def test_sample_is_stratified_seeded_and_stable(dataset: Path):

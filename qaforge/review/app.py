@@ -25,7 +25,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict
 
 from qaforge.review.evalrun import is_eval_run, load_eval_run, sorted_rows
-from qaforge.review.items import ReviewInputError, item_view, load_review_set
+from qaforge.review.items import ReviewInputError, ReviewSet, item_view, load_review_set
 from qaforge.review.journal import JOURNAL_NAME, VERDICTS, Journal
 from qaforge.review.stats import review_results, write_report
 
@@ -106,7 +106,12 @@ def create_app(folder: Path, sample: int = 50, seed: int = 0, corpus: Path | Non
     review = load_review_set(folder, sample, seed, corpus)
     journal = Journal(folder / JOURNAL_NAME)
     app.state.review, app.state.journal = review, journal
+    _dataset_routes(app, templates, folder, review, journal, judge_pass)
+    return app
 
+
+def _dataset_routes(app: FastAPI, templates: Jinja2Templates, folder: Path, review: ReviewSet,
+                    journal: Journal, judge_pass: float) -> None:
     def view(item_id: str) -> dict[str, Any]:
         return item_view(review, item_id, journal.state.get(item_id).to_dict())
 
@@ -165,8 +170,6 @@ def create_app(folder: Path, sample: int = 50, seed: int = 0, corpus: Path | Non
         data = results()
         return templates.TemplateResponse(request, "report.html", {
             "folder": str(folder), "results": data, "files": write_report(data, folder)})
-
-    return app
 
 
 def _public(view: dict[str, Any]) -> dict[str, Any]:

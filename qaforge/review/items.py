@@ -19,7 +19,8 @@ from qaforge.corpus import read_text
 from qaforge.generate.records import DIFFICULTIES, DatasetFormatError, QARecord, load_records
 from qaforge.generate.split import stratum_quotas
 
-HIGHLIGHT_MIN_CHARS = 4   # a shared run shorter than this is mostly particles and punctuation, not evidence
+HIGHLIGHT_GRAM = 4        # shared runs are found through 4-character grams (a Chinese word is 2-4 characters)
+HIGHLIGHT_MIN_RUN = 6     # merged runs shorter than this are mostly chance ("gene" of "heterogeneous"/"General")
 
 
 class ReviewInputError(ValueError):
@@ -148,8 +149,10 @@ def load_review_set(folder: Path, n: int = 50, seed: int = 0, corpus: Path | Non
                      load_judge(folder / "judge.jsonl"), root)
 
 
-def overlap_spans(chunk: str, answer: str, min_chars: int = HIGHLIGHT_MIN_CHARS) -> list[tuple[int, int]]:
-    """Merged [start, end) spans of `chunk` lying inside a run of >= min_chars characters shared with `answer`.
+def overlap_spans(chunk: str, answer: str, min_chars: int = HIGHLIGHT_GRAM,
+                  min_run: int = HIGHLIGHT_MIN_RUN) -> list[tuple[int, int]]:
+    """Merged [start, end) spans of `chunk`, each at least `min_run` long, made of `min_chars`-grams shared
+    with `answer`.
 
     Matching is on raw characters (case-folded) rather than words, because the corpus is Chinese with
     English keywords and jieba would split the same phrase differently in two contexts.
@@ -164,19 +167,22 @@ def overlap_spans(chunk: str, answer: str, min_chars: int = HIGHLIGHT_MIN_CHARS)
                 spans[-1] = (spans[-1][0], i + min_chars)
             else:
                 spans.append((i, i + min_chars))
-    return spans
+    return [(a, b) for a, b in spans if b - a >= min_run]
 
 
-def segments(text: str, spans: list[tuple[int, int]]) -> list[tuple[str, bool]]:
-    """The text cut into (piece, highlighted) runs, for the template to wrap in <mark> (autoescaped)."""
-    out, pos = [], 0
-    for start, end in spans:
-        if start > pos:
-            out.append((text[pos:start], False))
-        out.append((text[start:end], True))
-        pos = end
-    if pos < len(text):
-        out.append((text[pos:], False))
+def segments(text: str, spans: list[tuple[int, int]],
+             source: tuple[int, int] | None = None) -> list[tuple[str, bool, bool]]:
+    """The text cut into (piece, shared with the answer, inside the record's source span) runs, for the
+    template to wrap in <mark> / <span class=src> (autoescaped there)."""
+    cuts = {0, len(text)}
+    for start, end in spans + ([source] if source else []):
+        cuts.update((max(0, min(start, len(text))), max(0, min(end, len(text)))))
+    bounds = sorted(cuts)
+    out = []
+    for start, end in zip(bounds, bounds[1:]):
+        marked = any(a <= start and end <= b for a, b in spans)
+        in_source = source is not None and source[0] <= start and end <= source[1]
+        out.append((text[start:end], marked, in_source))
     return out
 
 
@@ -190,7 +196,11 @@ def item_view(review: ReviewSet, item_id: str, state: dict[str, Any]) -> dict[st
     pieces: list[tuple[str, bool]] = []
     if chunk is not None and chunk.text is not None:
         spans = overlap_spans(chunk.text, answer)
-        pieces = segments(chunk.text, spans)
+        try:   # the record's source offsets are into the corpus file, like the chunk's own
+            source = (int(record.source["char_start"]) - chunk.char_start, int(record.source["char_end"]) - chunk.char_start)
+        except (KeyError, TypeError, ValueError):
+            source = None
+        pieces = segments(chunk.text, spans, source)
         coverage = sum(e - s for s, e in overlap_spans(answer, chunk.text)) / max(1, len(answer))
     judge = review.judge.get(item_id)
     return {**state, "id": item_id, "question": question, "answer": answer, "original_question": record.question,

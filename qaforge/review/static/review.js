@@ -102,6 +102,13 @@
     else if (ev.key === "e") { ev.preventDefault(); openEditor(items[current]); }
   });
 
+  // Open each source box at the cited span (else the first shared run), not at the chunk's heading.
+  items.forEach((item) => {
+    const box = item.querySelector(".chunk-text");
+    const anchor = box && (box.querySelector(".src") || box.querySelector("mark"));
+    if (anchor) box.scrollTop = Math.max(0, anchor.offsetTop - box.offsetTop - 24);
+  });
+
   // Resume where the review stopped: the first item without a verdict.
   const firstOpen = items.findIndex((el) => !el.dataset.verdict);
   select(firstOpen < 0 ? 0 : firstOpen);
