@@ -117,6 +117,12 @@ def test_bad_requests_get_4xx_with_a_message(dataset: Path):
         for path, body, status, message in cases:
             r = httpx.post(server.url + path, json=body)
             assert r.status_code == status and message in r.json()["detail"], (path, r.text)
+        rebound = httpx.get(server.url + "/api/items", headers={"host": "attacker.example"})
+        assert rebound.status_code == 400 and "Invalid host" in rebound.text      # DNS rebinding refused
+        # A cross-site <form> can only send text/plain or form bodies; neither may cast a verdict.
+        forged = httpx.post(f"{server.url}/api/items/{item}/verdict", content=b'{"verdict": "accurate"}',
+                            headers={"content-type": "text/plain"})
+        assert forged.status_code == 422
         r = httpx.post(f"{server.url}/api/items/{item}/verdict", content=b"{not json",
                        headers={"content-type": "application/json"})
         assert r.status_code == 422 and "JSON" in r.json()["detail"]

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pydantic import BaseModel, ConfigDict
 
 from qaforge.review.evalrun import is_eval_run, load_eval_run, sorted_rows
@@ -74,12 +75,19 @@ def _templates() -> Jinja2Templates:
 
 
 def create_app(folder: Path, sample: int = 50, seed: int = 0, corpus: Path | None = None,
-               token: str | None = None, judge_pass: float = 4.0) -> FastAPI:
-    """The app over a dataset folder (qa.json) or an eval run folder (eval_results.json)."""
+               token: str | None = None, judge_pass: float = 4.0,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The app over a dataset folder (qa.json) or an eval run folder (eval_results.json).
+
+    `allowed_hosts` (Host header names) guards a token-less loopback server against DNS rebinding: a web
+    page on another name that resolves to 127.0.0.1 must not be able to drive the review.
+    """
     folder = Path(folder)
     app = FastAPI(title="qaforge review", docs_url=None, redoc_url=None, openapi_url=None)
     if token:
         _install_token_check(app, token)
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = _templates()
 

@@ -56,7 +56,9 @@ def review(
                                      f"(or QAFORGE_REVIEW_TOKEN)", param_hint="--host")
         from qaforge.review.app import create_app
 
-        app = create_app(folder, sample=sample, seed=seed, corpus=corpus, token=token, judge_pass=judge_pass)
+        hosts = None if token else sorted(LOOPBACK_NAMES | {"127.0.0.1", "::1", "[::1]", host})
+        app = create_app(folder, sample=sample, seed=seed, corpus=corpus, token=token, judge_pass=judge_pass,
+                         allowed_hosts=hosts)
     except ReviewInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -144,7 +144,7 @@ def load_review_set(folder: Path, n: int = 50, seed: int = 0, corpus: Path | Non
     if not records:
         raise ReviewInputError(f"{qa}: holds no QA records")
     by_id = {r.id: r for r in records}
-    chunks, root = load_chunks(folder, corpus)
+    chunks, root = load_chunks(folder, Path(corpus) if corpus is not None else None)
     return ReviewSet(folder, by_id, stratified_sample(records, n, seed), chunks,
                      load_judge(folder / "judge.jsonl"), root)
 
