@@ -51,12 +51,17 @@ def model_dir(tmp_path_factory):
     return build_random_qwen3(tmp_path_factory.mktemp("engine_rand_qwen3"))
 
 
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
+def hf_reference(model_dir):
+    """transformers' fp32 model of a directory, with EOS off so `generate` runs the full length."""
     from transformers import AutoModelForCausalLM
     m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     m.generation_config.eos_token_id = None
     return m
+
+
+@pytest.fixture(scope="module")
+def hf_model(model_dir):
+    return hf_reference(model_dir)
 
 
 def hf_greedy(hf, prompt: list[int], n: int = N_NEW, **generate_kwargs) -> list[int]:

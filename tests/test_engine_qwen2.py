@@ -18,7 +18,7 @@ import torch
 
 from qaforge.engine import LLM, EngineConfig, SamplingParams
 from qaforge.engine.layers import torch_ops
-from test_engine_core import GREEDY, N_NEW, _one_thread, hf_greedy, prompts_of  # noqa: F401 (fixture)
+from test_engine_core import GREEDY, N_NEW, _one_thread, hf_greedy, hf_reference, prompts_of  # noqa: F401 (fixture)
 
 PENALTY = 1.3
 
@@ -51,10 +51,7 @@ def qwen2_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def hf_qwen2(qwen2_dir):
-    from transformers import AutoModelForCausalLM
-    m = AutoModelForCausalLM.from_pretrained(qwen2_dir, dtype=torch.float32).eval()
-    m.generation_config.eos_token_id = None
-    return m
+    return hf_reference(qwen2_dir)
 
 
 def test_qwen2_loads_as_its_family(qwen2_dir):
@@ -138,7 +135,8 @@ def test_sampler_penalty_equals_hf_logits_processor_step_by_step():
     V, B = 24, 6
     pens = [1.3, 2.0, 0.7, 1.0, 1.3, 3.0]
     seqs = [Sequence(torch.randint(0, V, (n,), generator=g).tolist(),
-                     SamplingParams(temperature=0.0, repetition_penalty=pens[i])) for i, n in enumerate([1, 5, 9, 3, 20, 2])]
+                     SamplingParams(temperature=0.0, repetition_penalty=pens[i]))
+            for i, n in enumerate([1, 5, 9, 3, 20, 2])]
     for i, s in enumerate(seqs):
         s.row = i
     sampler = Sampler(torch.device("cpu"), num_rows=8)
