@@ -280,19 +280,25 @@ def test_triton_rope_store_matches_torch_bf16(with_norm):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton kernels, CUDA graphs)")
 def test_qwen2_on_gpu_bf16_agrees_with_transformers(qwen2_dir):
-    """The whole CUDA path (Triton no-norm kernel, CUDA-graph decode) on Qwen2 in bf16: the engine's greedy
-    tokens against HF's argmax on the same sequences (teacher forcing; bf16 near-ties allow a few misses)."""
-    from transformers import AutoModelForCausalLM
-    hf = AutoModelForCausalLM.from_pretrained(qwen2_dir, dtype=torch.bfloat16).cuda().eval()
+    """The whole CUDA path (Triton no-norm kernel, CUDA-graph decode) on Qwen2 in bf16 against HF's fp32 argmax
+    on the same sequences (teacher forcing). On this model bf16 moves logits by up to ~0.4 (HF's own bf16
+    agrees with its fp32 on 94-98 % of these positions), so a miss is allowed only where fp32's top two
+    logits are closer than 1.0."""
+    hf = hf_reference(qwen2_dir).cuda()
     llm = LLM(qwen2_dir, device="cuda", dtype="bfloat16", max_model_len=512, max_num_seqs=8,
               gpu_memory_utilization=0.3)
     assert llm.runner.backend == "triton" and llm.runner.graphs
     prompts = prompts_of([5, 17, 33, 50, 130], seed=30)
-    agree = total = 0
+    agree = total = decisive = 0
     for p, o in zip(prompts, llm.generate(prompts, GREEDY)):
         with torch.no_grad():
-            logits = hf(torch.tensor([p + o.token_ids], device="cuda")).logits[0]
-        pred = logits[len(p) - 1: len(p) - 1 + len(o.token_ids)].argmax(-1).tolist()
-        agree += sum(int(a == b) for a, b in zip(pred, o.token_ids))
+            logits = hf(torch.tensor([p + o.token_ids], device="cuda")).logits[0, len(p) - 1: -1].float()
+        top2 = logits.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1] > 1.0).tolist()
+        for want, got, c in zip(logits.argmax(-1).tolist(), o.token_ids, clear):
+            assert got == want or not c, (p, o.token_ids)
+            agree += int(got == want)
+            decisive += int(c)
         total += len(o.token_ids)
-    assert agree / total >= 0.95, agree / total
+    # measured with the torch ops in bf16 on CPU: 94 % agreement, 39 of 320 positions decisive, no decisive miss
+    assert agree / total >= 0.9 and decisive >= total // 20, (agree / total, decisive)
