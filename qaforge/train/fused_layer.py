@@ -39,6 +39,7 @@ log = logging.getLogger("qaforge.train")
 FUSED_LAYER_CLASSES = {"Qwen3DecoderLayer": True, "Qwen2DecoderLayer": False}
 _PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
+
 class Projection(NamedTuple):
     weight: torch.Tensor  # frozen base weight [out, in]
     bias: torch.Tensor | None
@@ -272,7 +273,8 @@ def _fused_forward(original_forward, statics: dict, layer_fn, first: bool, cuda_
         if found is None or kwargs.get("position_embeddings") is None:
             if self.training and torch.is_grad_enabled() and not fallback_warned:
                 fallback_warned["warned"] = True  # once per model: a slower step must not go unnoticed
-                why = ("no packed row (cu_seq_lens_q, one row)" if cu_seq_lens is None or hidden_states.shape[0] != 1
+                packed_row = cu_seq_lens is not None and hidden_states.shape[0] == 1
+                why = ("no packed row (cu_seq_lens_q, one row)" if not packed_row
                        else "LoRA merged/disabled, DoRA or several adapters" if found is None
                        else "no position_embeddings")
                 log.warning("fused layers: a training step runs HF's own, slower layer forward (%s)", why)
