@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from qaforge.evaluate.run import evaluate
 from qaforge.train.dist import world_size
 from qaforge.train.loop import Fit, StepPlan
 from qaforge.train.profiles import TrainConfig
@@ -40,6 +39,9 @@ def rouge_eval(config: TrainConfig, merged_dir: Path | None, model_path: Path, o
     if not config.exam:
         return {"status": "skipped", "reason": "no exam split given"}
     try:
+        # here, not at the top: the evaluation stack (jieba, nltk, matplotlib) loads only for runs that evaluate
+        from qaforge.evaluate.run import evaluate
+
         report = evaluate(Path(config.exam), out_dir / "eval", model=str(merged_dir),
                           base_model=str(model_path) if config.eval_compare_base else None,
                           train_data=Path(config.data) if config.data else None,
