@@ -93,9 +93,42 @@ def load_gguf(path: str | os.PathLike, dtype: str = "float32"):
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{path} carries no tokenizer.chat_template: qaforge formats every prompt as chat")
+    _align_tokenizer_with_file(tokenizer, path)
     if tokenizer.model_max_length > 10**9:  # a GGUF names no tokenizer limit; its context length is the real one
         tokenizer.model_max_length = int(model.config.max_position_embeddings)
     return model.eval(), tokenizer
+
+
+def _align_tokenizer_with_file(tokenizer, path: Path) -> None:
+    """Make the tokenizer say what the file says, where older transformers releases do not
+    (a no-op where they already do):
+    - llama.cpp marks added tokens that are not special (Qwen's `<think>`, `<tool_call>`) as
+      USER_DEFINED and always matches them whole; transformers 5.17 adds only the CONTROL ones, so
+      `<think>` in a Qwen3 chat prompt would be cut into byte pieces the model never saw;
+    - the file's EOS / padding / BOS ids name the special tokens; 5.17's Qwen2 converter fixes EOS
+      to `<|endoftext|>` although an instruct file ends its turns with `<|im_end|>`."""
+    from gguf import GGUFReader, TokenType
+    from tokenizers import AddedToken
+
+    fields = GGUFReader(str(path)).fields
+    tokens, types = fields.get("tokenizer.ggml.tokens"), fields.get("tokenizer.ggml.token_type")
+    if tokens is None:
+        return
+
+    def token(i: int) -> str:
+        return bytes(tokens.parts[tokens.data[i]]).decode("utf-8")
+
+    added, vocab = tokenizer.get_added_vocab(), tokenizer.get_vocab()
+    missing = [AddedToken(token(i), normalized=False, special=False)
+               for i, part in enumerate(types.data if types is not None else [])
+               if int(types.parts[part][0]) == TokenType.USER_DEFINED]
+    missing = [t for t in missing if t.content in vocab and t.content not in added]
+    if missing:
+        tokenizer.add_tokens(missing)
+    for name, key in (("eos_token", "eos_token_id"), ("pad_token", "padding_token_id"), ("bos_token", "bos_token_id")):
+        field = fields.get(f"tokenizer.ggml.{key}")
+        if field is not None and getattr(tokenizer, name) != token(int(field.parts[field.data[0]][0])):
+            setattr(tokenizer, name, token(int(field.parts[field.data[0]][0])))
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -139,6 +172,8 @@ def write_hf_dir(model, tokenizer, out_dir: Path) -> Path:
     if tied and not model.config.get_text_config().tie_word_embeddings:
         raise ValueError(f"tensors {tied} share storage but the config does not tie the embeddings")
     save_torch_state_dict(state_dict, out_dir, shared_tensors_to_discard=tied, metadata={"format": "pt"})
+    for shard in out_dir.glob("*.safetensors"):  # written through a private temp file (0600): readable like the rest
+        shard.chmod(0o644)
 
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):
@@ -230,6 +265,7 @@ def cached_hf_dir(gguf_path: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         convert(path, tmp, dtype)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache entry is an ordinary model directory
         try:
             os.rename(tmp, target)
         except OSError:

@@ -158,7 +158,7 @@ def test_gguf_trains(files, tmp_path, cache):
     exam = write_qa_jsonl(tmp_path / "exam.jsonl", 8, seed=1)
     config = load_profile("tiny", model=str(files["qwen2"][0]), data=str(data), exam=str(exam),
                           output_dir=str(tmp_path / "run"), max_steps=2, micro_batch_size=4,
-                          grad_accum_steps=1, max_seq_len=128, rouge_eval=False, tensorboard=False)
+                          grad_accum_steps=1, max_seq_len=512, rouge_eval=False, tensorboard=False)
     results = train(config)
     assert results["train"]["global_step"] == 2
     assert all(h["loss"] > 0 for h in results["train"]["loss_history"])
