@@ -186,8 +186,8 @@ def write_hf_dir(model, tokenizer, out_dir: Path) -> Path:
     _embed_chat_template(out_dir / "tokenizer_config.json", tokenizer.chat_template)
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id
-    GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=eos if len(eos) > 1 else eos[0],
-                     pad_token_id=pad).save_pretrained(out_dir)
+    GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=(eos if len(eos) > 1 else eos[0]) if eos
+                     else None, pad_token_id=pad).save_pretrained(out_dir)
     return out_dir
 
 
