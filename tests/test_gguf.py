@@ -161,6 +161,7 @@ def test_gguf_trains(files, tmp_path, cache):
                           grad_accum_steps=1, max_seq_len=512, rouge_eval=False, tensorboard=False)
     results = train(config)
     assert results["train"]["global_step"] == 2
+    assert results["fast_path"]["fused_layers"] == 2  # both Qwen2 layers on the fused path
     assert all(h["loss"] > 0 for h in results["train"]["loss_history"])
     merged = json.loads((tmp_path / "run" / "merged_model" / "config.json").read_text())
     assert merged["architectures"] == ["Qwen2ForCausalLM"]
