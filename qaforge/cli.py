@@ -11,6 +11,8 @@ import typer
 from qaforge.bench.command import bench
 from qaforge.evaluate.command import eval as eval_command
 from qaforge.generate.command import generate
+from qaforge.gguf_command import convert
+from qaforge.review.command import review
 from qaforge.serve.command import serve
 from qaforge.train.command import train
 
@@ -21,6 +23,8 @@ app.command("train")(train)
 app.command("eval")(eval_command)
 app.command("serve")(serve)
 app.command("bench")(bench)
+app.command("convert")(convert)
+app.command("review")(review)
 
 
 @app.command("tiny")

@@ -66,8 +66,13 @@ def _modelscope_cache(name: str) -> Path:
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
-    """A local directory, `tiny` (the embedded tiny Qwen3, built on first use), or a hub id already in
-    the Hugging Face or ModelScope cache."""
+    """A local directory, `tiny` (the embedded tiny Qwen3, built on first use), a `.gguf` file
+    (converted once into a cached HF directory, see qaforge/gguf.py), or a hub id already in the
+    Hugging Face or ModelScope cache."""
+    if str(name_or_path).lower().endswith(".gguf"):
+        from qaforge.gguf import cached_hf_dir
+
+        return cached_hf_dir(name_or_path)
     if str(name_or_path) == "tiny":
         from qaforge.paths import RUNS_DIR
         from qaforge.tiny import build_tiny

@@ -16,6 +16,18 @@ on a synthetic 3,099 + 193 sample dataset with the same length distribution: wal
 
 Usage (device, from the repository root):  PYTHONUNBUFFERED=1 python3 -m scripts.bench_train --out $OUT
 Options: --skip-profile, --steps N, --warmup N, --cold, --only baseline,qaforge,...
+
+Any HF model directory instead (e.g. the real Qwen2.5-Coder-0.5B-Instruct), same process, same batches:
+    python3 -m scripts.bench_train --model DIR [--data train.jsonl [--exam exam.jsonl]] --out $OUT
+fast_v7's workload (LoRA r 32 / alpha 64 / dropout 0.1 on all 7 projections, 16 samples per step, lr
+1.5e-4, grad clipping 1.0) as four variants: `model_hf_peft` (a user's plain script: from_pretrained
+in bf16 with transformers' default attention, get_peft_model, dynamically padded batches with an
+attention mask, `model(**batch).loss`, torch's default AdamW), `model_hf_peft_compile` (the same model
+wrapped in `torch.compile`), `model_qaforge` (the model exactly as `qaforge train` builds it:
+trainer.build_model with the fast_v7 profile, packed rows, bf16 autocast, fused AdamW like the Trainer)
+and `model_qaforge_graphs` (+ CUDA graphs); then `model_profile_fast_v7`, the whole `qaforge train`
+run on --data (else synthetic text at the course dataset's lengths). Batches come from --data through the
+model's chat template, else random ids at the course dataset's lengths. `--device cpu` is a smoke run.
 """
 
 from __future__ import annotations
@@ -80,9 +92,9 @@ def make_batches(kind: str, n: int, seed: int = 0):
     return steps
 
 
-def padded(samples, device):
+def padded(samples, device, pad_id: int = 151643):
     longest = max(len(i) for i, _ in samples)
-    ids = torch.full((len(samples), longest), 151643, dtype=torch.long)
+    ids = torch.full((len(samples), longest), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), longest), -100, dtype=torch.long)
     mask = torch.zeros((len(samples), longest), dtype=torch.long)
     for row, (i, lab) in enumerate(samples):
@@ -289,6 +301,167 @@ def run_profile(work: Path, cuda_graphs: bool | None = None):
             "timing": results.get("timing")}
 
 
+# --------------------------------------------------------------------------------------------
+# --model DIR: the same comparison on any HF model directory
+# --------------------------------------------------------------------------------------------
+MODEL_VARIANTS = ("model_hf_peft", "model_hf_peft_compile", "model_qaforge", "model_qaforge_graphs")
+
+
+def model_batches(model_dir: str, data: str | None, n: int, seed: int = 0):
+    """(n steps of 16 (input_ids, labels) samples, pad id): --data encoded with the model's chat template
+    (fast_v7's max_seq_len 512, assistant-only labels), else random ids at the course dataset's lengths."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    rng = random.Random(seed)
+    if data:
+        from qaforge.train.data import ChatEncoder, load_qa_records
+
+        samples, _ = ChatEncoder(tokenizer, max_seq_len=512).encode_records(load_qa_records(data))
+        pool, order = [(s.input_ids, s.labels) for s in samples], []
+        while len(order) < 16 * n:  # epochs of shuffled samples, as a DataLoader with shuffle=True draws them
+            rng.shuffle(pool)
+            order += pool
+        return [order[i * 16:(i + 1) * 16] for i in range(n)], pad_id
+    vocab = len(tokenizer)
+    steps = []
+    for _ in range(n):
+        samples = []
+        for length in sample_lengths(16, rng):
+            ids = [rng.randrange(vocab // 10, vocab) for _ in range(length)]
+            prompt = min(length - 8, max(40, int(rng.gauss(SEED_PROMPT_TOKENS, 15))))
+            samples.append((ids, [-100] * prompt + ids[prompt:]))
+        steps.append(samples)
+    return steps, pad_id
+
+
+def build_model_variant(model_dir: str, variant: str, device: str, planned_passes: int):
+    """(callable model, the PEFT model, optimizer, info) for one --model variant."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    if variant.startswith("model_hf_peft"):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
+        model.train()
+        peft_model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.1,
+                                                      target_modules=TARGETS, task_type="CAUSAL_LM"))
+        opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1.5e-4,
+                                weight_decay=0.01)
+        call = torch.compile(peft_model) if variant == "model_hf_peft_compile" else peft_model
+        return call, peft_model, opt, {"attn_implementation": model.config._attn_implementation}
+    from qaforge.train.profiles import load_profile
+    from qaforge.train.trainer import build_model
+
+    config = load_profile("fast_v7", model=model_dir, cuda_graphs=variant == "model_qaforge_graphs",
+                          device=device)
+    peft_model, info = build_model(config, Path(model_dir), device, dtype, forward_passes=planned_passes)
+    peft_model.train()
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1.5e-4,
+                            weight_decay=0.01, fused=device == "cuda")  # the Trainer's adamw_torch_fused
+    return peft_model, peft_model, opt, info
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_model(model_dir: str, variant: str, batches, pad_id: int, warmup: int, device: str):
+    """tokens/s (real tokens) of one variant on the given batches, after `warmup` timed warm-up steps."""
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    torch.manual_seed(0)
+    call, peft_model, opt, info = build_model_variant(model_dir, variant, device, planned_passes=len(batches))
+    plain = variant.startswith("model_hf_peft")
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+
+    def step(samples):
+        if plain:
+            batch = padded(samples, device, pad_id)
+            loss = call(**batch).loss
+        else:
+            batch = packed(samples, device)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+                loss = call(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    warmup_steps_s, first_loss = [], None
+    for i in range(warmup):
+        t = time.time()
+        loss = step(batches[i])
+        first_loss = loss.item() if first_loss is None else first_loss
+        _sync(device)
+        warmup_steps_s.append(round(time.time() - t, 2))
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    passes = []
+    for _ in range(2):  # the second pass: every row shape seen (and with CUDA graphs recorded) once
+        start = time.time()
+        for samples in batches[warmup:]:
+            loss = step(samples)
+        _sync(device)
+        passes.append(time.time() - start)
+    real = sum(len(i) for s in batches[warmup:] for i, _ in s)
+    n = len(batches) - warmup
+    result = {"name": variant, "tok_s": round(real / passes[0]), "step_ms": round(passes[0] / n * 1000, 1),
+              "tok_s_second_pass": round(real / passes[1]), "first_step_s": warmup_steps_s[0],
+              "warmup_steps_s": warmup_steps_s, "first_step_loss": round(first_loss, 5),
+              "last_loss": round(loss.item(), 4), "real_tokens_per_step": round(real / n),
+              "padded_tokens_per_step": round(sum(16 * max(len(i) for i, _ in s) for s in batches[warmup:]) / n),
+              "fast_path": info}
+    if device == "cuda":
+        result["peak_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    del call, peft_model, opt
+    gc.collect()
+    import torch._dynamo as dynamo
+    dynamo.reset()  # each variant pays its own compilation, as in a fresh process
+    return result
+
+
+def run_model_profile(model_dir: str, data: str | None, exam: str | None, work: Path, device: str):
+    """`qaforge train --profile fast_v7 --no-rouge` on the model: the Trainer call's wall time."""
+    from qaforge.train.profiles import load_profile
+    from qaforge.train.trainer import train
+
+    if not data:
+        synthetic_profile_dataset(work / "data")
+        data, exam = str(work / "data/train.jsonl"), str(work / "data/exam.jsonl")
+    config = load_profile("fast_v7", model=model_dir, data=data, exam=exam, output_dir=str(work / "run"),
+                          rouge_eval=False, logging_steps=20, device=device)
+    t = time.time()
+    results = train(config)
+    return {"profile": "fast_v7", "wall_s_train_call": round(time.time() - t, 1),
+            "train_runtime_s": results["train"]["train_runtime_s"], "global_step": results["train"]["global_step"],
+            "tokens_per_second": round(results["tokens_per_second"]), "eval_loss": results["eval_loss"],
+            "fast_path": results["fast_path"], "timing": results.get("timing"), "peak_memory": results["peak_memory"]}
+
+
+def run_model_bench(args, section, runs: dict) -> None:
+    batches, pad_id = model_batches(args.model, args.data, args.steps)
+    for variant in MODEL_VARIANTS:
+        section(variant, lambda variant=variant: measure_model(args.model, variant, batches, pad_id, args.warmup,
+                                                               args.device))
+    if not args.skip_profile:
+        section("model_profile_fast_v7", lambda: run_model_profile(args.model, args.data, args.exam,
+                                                                   Path("/tmp/qaforge_bench_model"), args.device))
+    base = runs.get("model_hf_peft", {}).get("tok_s")
+    print(f"\n{'variant':24} {'tok/s':>9} {'ratio':>6} {'step ms':>8} {'1st step s':>10} {'2nd pass':>9}")
+    for key in MODEL_VARIANTS:
+        r = runs.get(key, {})
+        if "tok_s" in r:
+            ratio = r["tok_s"] / base if base else float("nan")
+            print(f"{key:24} {r['tok_s']:>9,} {ratio:>6.2f} {r['step_ms']:>8} {r['first_step_s']:>10} "
+                  f"{r['tok_s_second_pass']:>9,}")
+    if "model_profile_fast_v7" in runs:
+        print("fast_v7 profile:", json.dumps(runs["model_profile_fast_v7"])[:600])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -298,7 +471,19 @@ def main() -> None:
     parser.add_argument("--only", default="")
     parser.add_argument("--cold", action="store_true",
                         help="fresh, empty torch.compile caches (what a user's first run pays)")
+    parser.add_argument("--model", help="an HF model directory: benchmark it (plain HF+PEFT, + torch.compile, "
+                                        "qaforge, + CUDA graphs, the fast_v7 run) instead of the random Qwen3-0.6B")
+    parser.add_argument("--data", help="with --model: alpaca jsonl for the batches and the fast_v7 run")
+    parser.add_argument("--exam", help="with --model and --data: the fast_v7 run's eval split")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run of --model")
     args = parser.parse_args()
+    for flag, path in (("--model", args.model), ("--data", args.data), ("--exam", args.exam)):
+        if path and not Path(path).exists():
+            parser.error(f"{flag} {path}: no such file or directory")
+    if (args.data or args.exam or args.device != "cuda") and not args.model:
+        parser.error("--data, --exam and --device cpu go with --model")
+    if args.steps <= args.warmup:
+        parser.error(f"--steps ({args.steps}) must exceed --warmup ({args.warmup})")
     if args.cold:  # before torch compiles anything: Inductor reads these when it first needs a cache
         import tempfile
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="qaforge_cold_inductor_")
@@ -307,7 +492,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     import peft
     import transformers
-    res = {"date": time.strftime("%Y-%m-%d"), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    res = {"date": time.strftime("%Y-%m-%d"), "gpu": gpu, "torch": torch.__version__, "model": args.model,
            "transformers": transformers.__version__, "peft": peft.__version__, "runs": {}}
     print(json.dumps({k: v for k, v in res.items() if k != "runs"}), flush=True)
 
@@ -323,6 +509,9 @@ def main() -> None:
         print(f"[{key}] {json.dumps(res['runs'][key])} ({time.time() - t:.0f}s)", flush=True)
         (out / "bench_train.json").write_text(json.dumps(res, indent=1))
 
+    if args.model:
+        run_model_bench(args, section, res["runs"])
+        return
     section("varlen_check", check_varlen_attention)
     section("baseline_synthetic", lambda: measure("HF+PEFT 16x512", "baseline", "synthetic", args.steps))
     section("qaforge_synthetic", lambda: measure("qaforge 16x512 packed", "qaforge", "synthetic", args.steps))

@@ -1,14 +1,24 @@
-"""The fused decoder layer and the fused CE chunk compute the plain path's function (fp32, CPU, eager)."""
+"""The fused decoder layer and the fused CE chunk compute the plain path's function (fp32, CPU, eager).
+
+Every layer test runs on both families the fused function covers: the random Qwen3 and the random
+Qwen2 (q/k/v biases, no q/k norm; tests/qwen2_helpers.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from qwen2_helpers import random_qwen2_dir  # noqa: F401 - fixture
 from train_helpers import qa_files, random_model_dir  # noqa: F401 - fixtures
 
 from qaforge.train import fast, fused_layer
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(params=["qwen3", "qwen2"])
+def family_dir(request):
+    """The random model of one family (built lazily: a qwen3-only selection never builds the Qwen2)."""
+    return request.getfixturevalue("random_model_dir" if request.param == "qwen3" else "random_qwen2_dir")
 
 
 def _features(model_dir, qa_path, n=5):
@@ -33,12 +43,12 @@ def _peft_model(model_dir, targets, dropout, attn):
 
 
 @pytest.mark.parametrize("targets", [TARGETS, ["q_proj", "v_proj"]], ids=["all", "q_v"])
-def test_fused_layers_equal_plain_peft_loss_and_grads(random_model_dir, qa_files, targets):  # noqa: F811
+def test_fused_layers_equal_plain_peft_loss_and_grads(family_dir, qa_files, targets):  # noqa: F811
     from qaforge.train.data import SFTCollator
 
-    tokenizer, features = _features(random_model_dir, qa_files[0])
-    plain = _peft_model(random_model_dir, targets, 0.0, "sdpa")
-    fused = _peft_model(random_model_dir, targets, 0.0, fast.register_varlen_attention())
+    tokenizer, features = _features(family_dir, qa_files[0])
+    plain = _peft_model(family_dir, targets, 0.0, "sdpa")
+    fused = _peft_model(family_dir, targets, 0.0, fast.register_varlen_attention())
     causal_lm = fused.get_base_model()
     fast.install_fused_loss(causal_lm, chunk_size=64)
     assert fused_layer.install_fused_layers(causal_lm, compile=False) == len(causal_lm.model.layers)
@@ -58,14 +68,14 @@ def test_fused_layers_equal_plain_peft_loss_and_grads(random_model_dir, qa_files
     assert checked == 2 * len(targets) * len(causal_lm.model.layers)
 
 
-def test_fused_layers_follow_peft_state_and_uninstall(random_model_dir, qa_files):  # noqa: F811
+def test_fused_layers_follow_peft_state_and_uninstall(family_dir, qa_files):  # noqa: F811
     """Eval mode switches dropout off in the same graph; disabled adapters and merges fall back."""
     from qaforge.train.data import SFTCollator
 
-    tokenizer, features = _features(random_model_dir, qa_files[0], n=3)
+    tokenizer, features = _features(family_dir, qa_files[0], n=3)
     batch = SFTCollator(tokenizer.pad_token_id, packing=True)(features)
-    fused = _peft_model(random_model_dir, TARGETS, 0.3, fast.register_varlen_attention())
-    reference = _peft_model(random_model_dir, TARGETS, 0.3, fast.register_varlen_attention())
+    fused = _peft_model(family_dir, TARGETS, 0.3, fast.register_varlen_attention())
+    reference = _peft_model(family_dir, TARGETS, 0.3, fast.register_varlen_attention())
     fused_layer.install_fused_layers(fused.get_base_model(), compile=False)
     fused.eval()
     reference.eval()
@@ -121,16 +131,16 @@ def test_label_positions_from_the_collator_give_the_same_loss():
                           fast.fused_causal_lm_loss(hidden, weight, labels), rtol=1e-6)
 
 
-def test_padding_the_packed_row_to_a_bucket_changes_nothing(random_model_dir, qa_files):  # noqa: F811
+def test_padding_the_packed_row_to_a_bucket_changes_nothing(family_dir, qa_files):  # noqa: F811
     """CUDA graphs need few shapes: rows get a dummy segment up to a multiple of N tokens; loss and grads stay."""
     from qaforge.train.data import SFTCollator
 
-    tokenizer, features = _features(random_model_dir, qa_files[0], n=4)
+    tokenizer, features = _features(family_dir, qa_files[0], n=4)
     batch = SFTCollator(tokenizer.pad_token_id, packing=True, label_positions=True)(features)
     assert batch["input_ids"].shape[1] % 64 != 0  # so the padding path really runs
     results = []
     for multiple in (None, 64):
-        model = _peft_model(random_model_dir, TARGETS, 0.0, fast.register_varlen_attention())
+        model = _peft_model(family_dir, TARGETS, 0.0, fast.register_varlen_attention())
         fast.install_fused_loss(model.get_base_model(), chunk_size=64)
         fused_layer.install_fused_layers(model.get_base_model(), compile=False, pad_to_multiple_of=multiple)
         loss = model(**batch).loss
@@ -144,11 +154,11 @@ def test_padding_the_packed_row_to_a_bucket_changes_nothing(random_model_dir, qa
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the compiled + CUDA-graph path)")
 @pytest.mark.parametrize("cuda_graphs", [False, True], ids=["compiled", "cuda_graphs"])
-def test_compiled_fused_layers_on_gpu_equal_plain_peft(random_model_dir, qa_files, cuda_graphs):  # noqa: F811
+def test_compiled_fused_layers_on_gpu_equal_plain_peft(family_dir, qa_files, cuda_graphs):  # noqa: F811
     """bf16 on CUDA: compiled fused layers (+ CUDA graphs, replayed on the 2nd-4th step) vs HF + PEFT sdpa."""
     from qaforge.train.data import SFTCollator
 
-    tokenizer, features = _features(random_model_dir, qa_files[0], n=6)
+    tokenizer, features = _features(family_dir, qa_files[0], n=6)
     padded = SFTCollator(tokenizer.pad_token_id, packing=False)(features)
     packed = SFTCollator(tokenizer.pad_token_id, packing=True, label_positions=True)(features)
 
@@ -165,8 +175,8 @@ def test_compiled_fused_layers_on_gpu_equal_plain_peft(random_model_dir, qa_file
             out.append((loss.item(), grads))
         return out
 
-    plain = _peft_model(random_model_dir, TARGETS, 0.0, "sdpa").to("cuda", torch.bfloat16)
-    fused = _peft_model(random_model_dir, TARGETS, 0.0, fast.register_varlen_attention()).to("cuda", torch.bfloat16)
+    plain = _peft_model(family_dir, TARGETS, 0.0, "sdpa").to("cuda", torch.bfloat16)
+    fused = _peft_model(family_dir, TARGETS, 0.0, fast.register_varlen_attention()).to("cuda", torch.bfloat16)
     fast.install_fused_loss(fused.get_base_model(), chunk_size=64)
     fused_layer.install_fused_layers(fused.get_base_model(), compile=True, cuda_graphs=cuda_graphs)
     assert fused.get_base_model()._qaforge_cuda_graphs is cuda_graphs

@@ -102,7 +102,7 @@ def test_cli_rejects_bad_override_without_training():
 
 def test_cuda_graphs_auto_policy(monkeypatch):
     """Auto (None) turns CUDA graphs on only for long runs; never on CPU, without compile, or under DDP."""
-    from qaforge.train.trainer import CUDA_GRAPHS_MIN_STEPS, use_cuda_graphs
+    from qaforge.train.model import CUDA_GRAPHS_MIN_STEPS, use_cuda_graphs
 
     auto = load_profile("fast_v7")
     assert auto.cuda_graphs is None

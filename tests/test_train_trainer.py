@@ -117,6 +117,31 @@ def test_missing_model_and_data_fail_clearly(qa_files, tmp_path):  # noqa: F811
                            data=str(qa_files[0]), output_dir=str(tmp_path)))
 
 
+def test_unsupported_architecture_fails_before_loading_weights(random_model_dir, qa_files, tmp_path):  # noqa: F811
+    import shutil
+
+    model_dir = tmp_path / "llama"
+    shutil.copytree(random_model_dir, model_dir)
+    (model_dir / "model.safetensors").unlink()  # had the weights been read, this would be a missing-file error
+    hf_config = json.loads((model_dir / "config.json").read_text())
+    hf_config.update(architectures=["LlamaForCausalLM"], model_type="llama")
+    (model_dir / "config.json").write_text(json.dumps(hf_config))
+    with pytest.raises(ValueError, match="unsupported architecture LlamaForCausalLM.*Qwen3ForCausalLM"):
+        train(_config(model_dir, qa_files, tmp_path / "out", max_steps=1))
+    assert not (tmp_path / "out" / "adapter_config.json").exists()
+
+
+def test_qwen2_and_qwen3_configs_are_supported(random_model_dir, tmp_path):  # noqa: F811
+    from transformers import Qwen2Config
+
+    from qaforge.train.model import check_architecture
+
+    Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=1, architectures=["Qwen2ForCausalLM"]).save_pretrained(tmp_path)
+    assert check_architecture(tmp_path) == "qwen2"
+    assert check_architecture(random_model_dir) == "qwen3"
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun gloo test runs on Linux CI")
 def test_ddp_two_cpu_processes_with_gloo(random_model_dir, qa_files, tmp_path):  # noqa: F811
     """`torchrun --nproc_per_node 2 -m qaforge.train` trains with DDP and writes one result set."""

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from qaforge.chat import DEFAULT_SYSTEM_PROMPT, clean_answer, prompt_token_ids
+from qaforge.modeling import pick_device, pick_dtype, resolve_model_path, torch_dtype
 
 Backend = Literal["auto", "native", "hf"]
 
@@ -41,15 +42,8 @@ class Collection:
 
 
 def question_as_answer(questions: list[str]) -> Collection:
-    """The seed's baseline: answer every question with the question itself."""
+    """The course project's baseline: answer every question with the question itself."""
     return Collection("question-as-answer", "baseline", [Answer(q) for q in questions])
-
-
-def resolve_model(name_or_path: str) -> Path:
-    """A local HF model directory (path, `tiny`, or a cached hub id): qaforge.modeling's resolver."""
-    from qaforge.modeling import resolve_model_path
-
-    return Path(resolve_model_path(name_or_path))
 
 
 def pick_backend(backend: Backend) -> str:
@@ -64,19 +58,11 @@ def pick_backend(backend: Backend) -> str:
     return "native"
 
 
-def _device_and_dtype(device: str) -> tuple[str, Any]:
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return device, (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-
-
-def _generate_native(path: Path, prompts: list[list[int]], max_tokens: int, batch_size: int,
-                     device: str, eos_ids: set[int], progress: bool) -> tuple[list[tuple[list[int], str]], float]:
+def _generate_native(path: Path, prompts: list[list[int]], max_tokens: int, batch_size: int, device: str,
+                     dtype: str, eos_ids: set[int], progress: bool) -> tuple[list[tuple[list[int], str]], float]:
     from qaforge.engine import LLM, SamplingParams
 
-    llm = LLM(str(path), device=device, dtype="bfloat16" if device.startswith("cuda") else "float32",
+    llm = LLM(str(path), device=device, dtype=dtype,
               max_model_len=max(len(p) for p in prompts) + max_tokens + 8, max_num_seqs=batch_size)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     results: list[tuple[list[int], str]] = []
@@ -93,12 +79,12 @@ def _generate_native(path: Path, prompts: list[list[int]], max_tokens: int, batc
 
 
 def _generate_hf(path: Path, tokenizer: Any, prompts: list[list[int]], max_tokens: int, batch_size: int,
-                 device: str, eos_ids: set[int], progress: bool) -> tuple[list[tuple[list[int], str]], float]:
+                 device: str, dtype: str, eos_ids: set[int],
+                 progress: bool) -> tuple[list[tuple[list[int], str]], float]:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    device, dtype = _device_and_dtype(device)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype)).to(device).eval()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     # A fresh greedy config: Qwen ships sampling defaults (temperature 0.6, top_p 0.95) we must not inherit.
     gen_config = GenerationConfig(do_sample=False, max_new_tokens=max_tokens, eos_token_id=sorted(eos_ids),
@@ -150,18 +136,20 @@ def collect_from_model(model: str, questions: list[str], label: str, max_tokens:
     """Greedy answers of a local model to every question, cleaned, in question order."""
     from transformers import AutoTokenizer
 
-    path = resolve_model(model)
+    path = resolve_model_path(model)
     chosen = pick_backend(backend)
+    device = pick_device(device)
+    dtype = pick_dtype("auto", device)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     prompts = [prompt_token_ids(tokenizer, q, system_prompt) for q in questions]
     eos_ids = eos_token_ids(path, tokenizer)
     if chosen == "native":
-        dev, _ = _device_and_dtype(device)
-        generated, wall = _generate_native(path, prompts, max_tokens, batch_size, dev, eos_ids, progress)
+        generated, wall = _generate_native(path, prompts, max_tokens, batch_size, device, dtype, eos_ids, progress)
     else:
-        generated, wall = _generate_hf(path, tokenizer, prompts, max_tokens, batch_size, device, eos_ids, progress)
+        generated, wall = _generate_hf(path, tokenizer, prompts, max_tokens, batch_size, device, dtype, eos_ids,
+                                       progress)
     answers = [Answer(clean_answer(tokenizer.decode(ids, skip_special_tokens=True)), len(ids), None, reason)
                for ids, reason in generated]
     return Collection(label, str(path), answers, wall,
-                      {"backend": chosen, "device": _device_and_dtype(device)[0], "max_tokens": max_tokens,
+                      {"backend": chosen, "device": device, "max_tokens": max_tokens,
                        "batch_size": batch_size, "tokenizer": str(path)})

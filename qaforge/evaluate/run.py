@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qaforge.chat import DEFAULT_SYSTEM_PROMPT
-from qaforge.evaluate.collect import Backend, Collection, collect_from_model, question_as_answer, resolve_model
+from qaforge.evaluate.collect import Backend, Collection, collect_from_model, question_as_answer
 from qaforge.evaluate.contamination import check_contamination, contamination_headline
 from qaforge.evaluate.course_metric import WHAT_IT_IGNORES
 from qaforge.evaluate.endpoint import Api, collect_from_endpoint
@@ -24,6 +24,7 @@ from qaforge.evaluate.exam import load_exam
 from qaforge.evaluate.plot import plot_rouge
 from qaforge.evaluate.report import METRIC_NOTE, render_report
 from qaforge.evaluate.scoring import reference_tokens_of, score_samples, summarize
+from qaforge.modeling import resolve_model_path
 
 
 def find_train_file(data: Path, train_data: Path | None) -> tuple[Path | None, str]:
@@ -86,7 +87,7 @@ def evaluate(data: Path, out_dir: Path, model: str | None = None, endpoint: str 
         collections.append(collect_from_model(model, questions, model_label, **local))
     if endpoint:
         # /predict reports no token counts; count them with the given tokenizer, else the local model's.
-        count_with = tokenizer or (str(resolve_model(model)) if model else None)
+        count_with = tokenizer or (str(resolve_model_path(model)) if model else None)
         collections.append(collect_from_endpoint(
             endpoint, questions, "endpoint", max_tokens=max_tokens, api=endpoint_api, concurrency=concurrency,
             model_name=endpoint_model, tokenizer=count_with, system_prompt=system_prompt, progress=progress))

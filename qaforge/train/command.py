@@ -59,7 +59,7 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     set_: list[str] = typer.Option([], "--set", help="Any other TrainConfig field: --set key=value (YAML value)."),
 ) -> None:
-    """LoRA fine-tune a Qwen3 model on a QA dataset; writes adapter, merged_model/ and eval_results.json."""
+    """LoRA fine-tune a Qwen3 or Qwen2 model on a QA dataset; writes adapter, merged_model/ and eval_results.json."""
     import yaml
 
     from qaforge.train.profiles import load_profile

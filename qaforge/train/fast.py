@@ -1,4 +1,4 @@
-"""qaforge's fast training path for Qwen3 + LoRA. Each piece is optional and proved equal to the
+"""qaforge's fast training path for Qwen3 / Qwen2 + LoRA. Each piece is optional and proved equal to the
 plain transformers path by tests/test_train_fast.py:
 
 1. **varlen attention** (`attn_implementation="qaforge_varlen"`): packed rows, one attention
@@ -12,18 +12,20 @@ plain transformers path by tests/test_train_fast.py:
    fused CE under torch.compile gave a wrong loss on this model (../shared/anchors/ANCHORS.md).
 3. **regional torch.compile** of HF's own decoder layers: the fallback when the fused layers of
    `qaforge.train.fused_layer` (the default on packed rows: one compiled function for all layers,
-   replayed as CUDA graphs on GPU) do not apply.
+   replayed as CUDA graphs on GPU) do not apply; it logs a warning, as it is the slower path.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger("qaforge.train")
 VARLEN_ATTENTION = "qaforge_varlen"
 IGNORE_INDEX = -100
 
@@ -75,7 +77,12 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     if query.shape[0] != 1:
         raise ValueError(f"packed batches must be one row, got batch size {query.shape[0]}")
     if dropout:
-        raise ValueError("attention dropout is not supported by the varlen path (Qwen3 uses 0)")
+        raise ValueError("attention dropout is not supported by the varlen path (Qwen3 and Qwen2 use 0)")
+    window, longest = kwargs.get("sliding_window"), kwargs.get("max_length_q")
+    if window is not None and (longest is None or int(longest) > int(window)):
+        # within the window, sliding-window attention is plain causal attention; beyond it, it is not
+        raise ValueError(f"sliding-window attention (window {window}) on samples of up to {longest} tokens is "
+                         "not supported by the varlen path: lower max_seq_len or use attention=sdpa")
     out = packed_attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
                            cu_seq_lens, kwargs.get("max_length_q"), scaling)
     return out.unsqueeze(0), None
@@ -271,6 +278,9 @@ def compile_decoder_layers(causal_lm: torch.nn.Module) -> int:
     # run then took 278 ms/step against 147 ms in the benchmark loop (2026-11-29).
     torch._dynamo.config.recompile_limit = max(getattr(torch._dynamo.config, "recompile_limit", 8), 64)
     layers = causal_lm.model.layers
+    log.warning("compiling HF's own %d %s layers: the SLOWER fallback path, used where qaforge's fused "
+                "layers (qaforge.train.fused_layer) do not apply",
+                len(layers), type(layers[0]).__name__ if len(layers) else "decoder")
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)

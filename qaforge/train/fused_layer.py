@@ -1,8 +1,8 @@
-"""A fused Qwen3 decoder layer for LoRA training on packed rows.
+"""A fused Qwen3 / Qwen2 decoder layer for LoRA training on packed rows.
 
 HF + PEFT run a decoder layer as ~40 Python modules: 7 LoRA wrappers (each its own dropout mask and
-two small matmuls), two RMSNorms, q/k norms, RoPE on [B, H, T, D] tensors that are transposed back
-and forth around attention. `fused_decoder_layer` is the same function written as one pure
+two small matmuls), two RMSNorms, q/k norms (Qwen3), RoPE on [B, H, T, D] tensors that are transposed
+back and forth around attention. `fused_decoder_layer` is the same function written as one pure
 function over the layer's own parameters (read from PEFT's modules at every call, so the adapter
 PEFT saves, merges and the Trainer optimises is exactly the one trained here):
 
@@ -10,19 +10,22 @@ PEFT saves, merges and the Trainer optimises is exactly the one trained here):
   LoRA-A matmul over their concatenated A matrices: 4 dropout masks and 4 A-matmuls per layer
   instead of 7 + 7. (PEFT draws an independent mask per adapter; with dropout 0 or in eval the
   two are the same function, which tests/test_train_fused.py proves.)
-* each LoRA-B product is accumulated into the frozen projection's output by one `addmm`
-  (cuBLAS beta=1 epilogue) instead of a separate matmul + scale + add;
-* q/k norm and RoPE work in the [tokens, heads, head_dim] layout that varlen attention takes.
+* each LoRA-B product is accumulated into the frozen projection's output (including its frozen
+  bias: Qwen2's q/k/v) by one `addmm` (cuBLAS beta=1 epilogue) instead of a matmul + scale + add;
+* q/k norm (Qwen3 only) and RoPE work in the [tokens, heads, head_dim] layout that varlen attention takes.
 
-It is compiled ONCE (`torch.compile(dynamic=True)`) and the same compiled graph serves all 28
-layers, because the weights are arguments rather than module attributes; optionally the compiled
-layers replay as CUDA graphs. Evaluation (no grad) runs the same function uncompiled: a few batches
-per epoch do not pay for a second compilation. Falls back to the layer's own forward for anything it
-does not cover (no packing metadata, merged/disabled adapters, DoRA, several adapters).
+The families differ only in what the weights hold (Qwen2: q/k/v biases, no q/k norm: `q_norm` is
+None), so ONE function serves both. It is compiled ONCE (`torch.compile(dynamic=True)`) and the same
+compiled graph serves all layers of a model, because the weights are arguments rather than module
+attributes; optionally the compiled layers replay as CUDA graphs. Evaluation (no grad) runs the same
+function uncompiled: a few batches per epoch do not pay for a second compilation. Falls back to the
+layer's own forward for anything it does not cover (other layer classes, sliding-window attention, no
+packing metadata, merged/disabled adapters, DoRA, several adapters), and says so in the log.
 """
 
 from __future__ import annotations
 
+import logging
 import types
 from typing import Any, NamedTuple
 
@@ -30,6 +33,11 @@ import torch
 import torch.nn.functional as F
 
 from qaforge.train import fast
+
+log = logging.getLogger("qaforge.train")
+# The decoder layer classes whose function `fused_decoder_layer` computes -> whether they have q/k norms.
+FUSED_LAYER_CLASSES = {"Qwen3DecoderLayer": True, "Qwen2DecoderLayer": False}
+_PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 
 
 class Projection(NamedTuple):
@@ -68,8 +76,8 @@ def _dropout_p(module: torch.nn.Module) -> float:
 class LayerWeights(NamedTuple):
     input_norm: torch.Tensor
     post_norm: torch.Tensor
-    q_norm: torch.Tensor
-    k_norm: torch.Tensor
+    q_norm: torch.Tensor | None  # Qwen3's per-head RMSNorm weights; None for Qwen2
+    k_norm: torch.Tensor | None
     q: Projection
     k: Projection
     v: Projection
@@ -80,16 +88,39 @@ class LayerWeights(NamedTuple):
 
 
 def layer_weights(layer: torch.nn.Module) -> tuple[LayerWeights, float] | None:
-    """(weights, lora dropout p) of a Qwen3DecoderLayer, or None when the fused path does not apply."""
+    """(weights, lora dropout p) of a Qwen3/Qwen2 decoder layer, or None when the fused path does not apply."""
     attn, mlp = layer.self_attn, layer.mlp
     modules = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
     projections = [_projection(m) for m in modules]
     if any(p is None for p in projections):
         return None
     p = max((_dropout_p(m) for m in modules), default=0.0)
+    q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
     weights = LayerWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
-                           attn.q_norm.weight, attn.k_norm.weight, *projections)
+                           None if q_norm is None else q_norm.weight, None if k_norm is None else k_norm.weight,
+                           *projections)
     return weights, p
+
+
+def uncovered_reason(layer: torch.nn.Module, config) -> str | None:
+    """Why `fused_decoder_layer` would not compute this layer's function, or None when it would."""
+    name = type(layer).__name__
+    if name not in FUSED_LAYER_CLASSES:
+        return f"{name} is not one of {', '.join(FUSED_LAYER_CLASSES)}"
+    for part, names in _PROJECTIONS.items():
+        if any(not hasattr(getattr(layer, part, None), n) for n in names):
+            return f"{name} lacks the {part} projections {', '.join(names)}"
+    if FUSED_LAYER_CLASSES[name] != hasattr(layer.self_attn, "q_norm"):
+        return f"{name} {'lacks' if FUSED_LAYER_CLASSES[name] else 'has'} q/k norms"
+    if getattr(layer.self_attn, "sliding_window", None) is not None:
+        return f"{name} uses sliding-window attention (use_sliding_window=true)"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} (the fused function computes SiLU)"
+    if float(getattr(config, "attention_dropout", 0.0) or 0.0) != 0.0:
+        return f"attention_dropout={config.attention_dropout} (varlen attention has no dropout)"
+    if layer_weights(layer) is None:
+        return "its LoRA setup (merged, disabled, DoRA, lora bias or several adapters)"
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,12 +167,18 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def fused_decoder_layer(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cu_seq_lens: torch.Tensor,
                         max_len: int, w: LayerWeights, keep: torch.Tensor, eps: float, qk_eps: float,
                         attn_scaling: float, num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
-    """One Qwen3 decoder layer on a packed row: x [T, H] -> [T, H]; cos/sin [T, head_dim]."""
+    """One Qwen3 or Qwen2 decoder layer on a packed row: x [T, H] -> [T, H]; cos/sin [T, head_dim].
+
+    Qwen2 is `w.q_norm is None` (qk_eps unused) with q/k/v biases in the projections; under
+    torch.compile the None is a guard, so a model's layers still share one graph.
+    """
     tokens = x.shape[0]
     h = _rms_norm(x, w.input_norm, eps)
     q, k, v = _project_group(h, _dropout(h, keep), [w.q, w.k, w.v])
-    q = _rms_norm(q.view(tokens, num_heads, head_dim), w.q_norm, qk_eps)
-    k = _rms_norm(k.view(tokens, num_kv_heads, head_dim), w.k_norm, qk_eps)
+    q, k = q.view(tokens, num_heads, head_dim), k.view(tokens, num_kv_heads, head_dim)
+    if w.q_norm is not None:
+        q = _rms_norm(q, w.q_norm, qk_eps)
+        k = _rms_norm(k, w.k_norm, qk_eps)
     cos, sin = cos[:, None, :], sin[:, None, :]
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
@@ -226,14 +263,82 @@ def _pad_packed_row(x, cos, sin, cu_seq_lens, max_len: int, multiple: int):
     return x, cos, sin, torch.cat([cu_seq_lens, tail]), bound
 
 
+def _fused_forward(original_forward, statics: dict, layer_fn, first: bool, cuda_graphs: bool,
+                   pad_to_multiple_of: int | None, fallback_warned: dict):
+    """The instance forward of one layer: the fused function on packed rows, else the layer's own."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        cu_seq_lens = kwargs.get("cu_seq_lens_q")
+        found = layer_weights(self) if cu_seq_lens is not None and hidden_states.shape[0] == 1 else None
+        if found is None or kwargs.get("position_embeddings") is None:
+            if self.training and torch.is_grad_enabled() and not fallback_warned:
+                fallback_warned["warned"] = True  # once per model: a slower step must not go unnoticed
+                packed_row = cu_seq_lens is not None and hidden_states.shape[0] == 1
+                why = ("no packed row (cu_seq_lens_q, one row)" if not packed_row
+                       else "LoRA merged/disabled, DoRA or several adapters" if found is None
+                       else "no position_embeddings")
+                log.warning("fused layers: a training step runs HF's own, slower layer forward (%s)", why)
+            return original_forward(hidden_states, *args, **kwargs)
+        weights, p = found
+        cos, sin = kwargs["position_embeddings"]
+        keep = _keep_tensor(1.0 - p if self.training else 1.0, hidden_states.device)
+        if torch.is_grad_enabled() and not hidden_states.requires_grad:
+            # layer 0's input (frozen embeddings) needs no grad, every later layer's does: a
+            # detached leaf that asks for one lets all layers share one compiled graph
+            # (a second compile costs ~15 s; the unused dx of layer 0 ~0.5 ms per step)
+            hidden_states = hidden_states.detach().requires_grad_()
+        x, cos, sin = hidden_states[0], cos[0].to(hidden_states.dtype), sin[0].to(hidden_states.dtype)
+        tokens, max_len = x.shape[0], int(kwargs["max_length_q"])
+        run = layer_fn
+        if not torch.is_grad_enabled():
+            # evaluation (a few batches per epoch): the same function eagerly. A compiled inference
+            # graph is one more compilation, and recording inference CUDA graphs for each eval row
+            # shape took 5.3 s at fast_v7's first eval on the H200.
+            run = fused_decoder_layer
+        else:
+            if cuda_graphs and first:
+                # a new forward pass begins: graph outputs of the previous one may be overwritten
+                # (what the Trainer keeps, loss and grads, are made outside the graphs)
+                torch.compiler.cudagraph_mark_step_begin()
+            if pad_to_multiple_of:
+                x, cos, sin, cu_seq_lens, max_len = _pad_packed_row(x, cos, sin, cu_seq_lens, max_len,
+                                                                    pad_to_multiple_of)
+        out = run(x, cos, sin, cu_seq_lens, max_len, weights, keep, **statics)
+        return out[:tokens][None]
+
+    return forward
+
+
+def _layer_statics(layer: torch.nn.Module, config) -> dict:
+    attn = layer.self_attn
+    q_norm = getattr(attn, "q_norm", None)
+    return dict(eps=layer.input_layernorm.variance_epsilon,
+                qk_eps=q_norm.variance_epsilon if q_norm is not None else 0.0,
+                attn_scaling=float(attn.scaling), num_heads=config.num_attention_heads,
+                num_kv_heads=config.num_key_value_heads, head_dim=attn.head_dim)
+
+
+def _log_coverage(causal_lm, uncovered: dict[str, list[int]], installed: int, mode: str) -> None:
+    total = len(causal_lm.model.layers)
+    if not uncovered:
+        log.info("fused layers: all %d %s layers run the fused function (%s)", total,
+                 type(causal_lm.model.layers[0]).__name__ if total else "-", mode)
+        return
+    parts = "; ".join(f"{len(idx)} layer(s) [{idx[0]}..{idx[-1]}]: {reason}" for reason, idx in uncovered.items())
+    log.warning("fused layers cover %d of %d decoder layers of %s; the others keep HF's own layer forward, "
+                "the SLOWER fallback path (%s). Supported: %s.", installed, total, type(causal_lm).__name__,
+                parts, ", ".join(FUSED_LAYER_CLASSES))
+
+
 def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True, cuda_graphs: bool = False,
                          pad_to_multiple_of: int | None = None) -> int:
     """Route each decoder layer's packed-row forward through `fused_decoder_layer` (instance patch).
 
     Module structure, parameters and state_dict are untouched: PEFT save/merge and the optimizer see
-    the same tensors. Layers whose structure the fused function does not cover keep their forward.
-    `cuda_graphs` (needs compile) replays every layer as CUDA graphs; rows are then padded to a
-    multiple of `pad_to_multiple_of` (default 512) tokens.
+    the same tensors. Layers whose structure the fused function does not cover keep their forward
+    (logged as a warning naming the reason). `cuda_graphs` (needs compile) replays every layer as CUDA
+    graphs; rows are then padded to a multiple of `pad_to_multiple_of` (default 512) tokens.
+    Returns the number of layers installed.
     """
     # The per-sample SDPA fallback reads segment bounds on the host (.tolist()), which a CUDA graph
     # cannot capture: graphs need torch's varlen kernel (torch >= 2.9 on CUDA) and a half dtype.
@@ -242,55 +347,23 @@ def install_fused_layers(causal_lm: torch.nn.Module, compile: bool = True, cuda_
         torch.empty(0, device=probe.device, dtype=probe.dtype)))
     if cuda_graphs and pad_to_multiple_of is None:
         pad_to_multiple_of = 512
-    layers = causal_lm.model.layers
     config = causal_lm.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     layer_fn = _compiled_layer_fn(cuda_graphs) if compile else fused_decoder_layer
+    uncovered: dict[str, list[int]] = {}
+    fallback_warned: dict = {}
     installed = 0
-    for index, layer in enumerate(layers):
-        if not hasattr(layer, "self_attn") or not hasattr(layer.self_attn, "q_norm"):
-            continue  # not a Qwen3 layer
-        original_forward = layer.forward
-        statics = dict(eps=layer.input_layernorm.variance_epsilon, qk_eps=layer.self_attn.q_norm.variance_epsilon,
-                       attn_scaling=float(layer.self_attn.scaling), num_heads=config.num_attention_heads,
-                       num_kv_heads=config.num_key_value_heads, head_dim=head_dim)
-
-        def forward(self, hidden_states, *args, _original=original_forward, _statics=statics,
-                    _first=index == 0, **kwargs):
-            cu_seq_lens = kwargs.get("cu_seq_lens_q")
-            found = layer_weights(self) if cu_seq_lens is not None and hidden_states.shape[0] == 1 else None
-            if found is None or kwargs.get("position_embeddings") is None:
-                return _original(hidden_states, *args, **kwargs)
-            weights, p = found
-            cos, sin = kwargs["position_embeddings"]
-            keep = _keep_tensor(1.0 - p if self.training else 1.0, hidden_states.device)
-            if torch.is_grad_enabled() and not hidden_states.requires_grad:
-                # layer 0's input (frozen embeddings) needs no grad, every later layer's does: a
-                # detached leaf that asks for one lets all 28 layers share one compiled graph
-                # (a second compile costs ~15 s; the unused dx of layer 0 ~0.5 ms per step)
-                hidden_states = hidden_states.detach().requires_grad_()
-            x, cos, sin = hidden_states[0], cos[0].to(hidden_states.dtype), sin[0].to(hidden_states.dtype)
-            tokens, max_len = x.shape[0], int(kwargs["max_length_q"])
-            run = layer_fn
-            if not torch.is_grad_enabled():
-                # evaluation (a few batches per epoch): the same function eagerly. A compiled inference
-                # graph is one more compilation, and recording inference CUDA graphs for each eval row
-                # shape took 5.3 s at fast_v7's first eval on the H200.
-                run = fused_decoder_layer
-            else:
-                if cuda_graphs and _first:
-                    # a new forward pass begins: graph outputs of the previous one may be overwritten
-                    # (what the Trainer keeps, loss and grads, are made outside the graphs)
-                    torch.compiler.cudagraph_mark_step_begin()
-                if pad_to_multiple_of:
-                    x, cos, sin, cu_seq_lens, max_len = _pad_packed_row(x, cos, sin, cu_seq_lens, max_len,
-                                                                        pad_to_multiple_of)
-            out = run(x, cos, sin, cu_seq_lens, max_len, weights, keep, **_statics)
-            return out[:tokens][None]
-
+    for index, layer in enumerate(causal_lm.model.layers):
+        reason = uncovered_reason(layer, config)
+        if reason is not None:
+            uncovered.setdefault(reason, []).append(index)
+            continue
+        forward = _fused_forward(layer.forward, _layer_statics(layer, config), layer_fn, installed == 0,
+                                 cuda_graphs, pad_to_multiple_of, fallback_warned)
         layer.forward = types.MethodType(forward, layer)
         layer._qaforge_fused = True
         installed += 1
+    _log_coverage(causal_lm, uncovered, installed, ("compiled + CUDA graphs" if cuda_graphs else "compiled")
+                  if compile else "eager")
     causal_lm._qaforge_cuda_graphs = cuda_graphs and installed > 0  # what the run reports as used
     return installed
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from qaforge.chat import DEFAULT_SYSTEM_PROMPT
+from qaforge.modeling import DTYPES
 from qaforge.paths import PROFILES_DIR
 
 PROFILE_ENV_VAR = "TRAIN_PROFILE"
 DEFAULT_PROFILE = "fast_v7"
 ALL_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts")
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DTYPES = ("auto", *DTYPES)  # resolved by qaforge.modeling.pick_dtype
 _DEVICES = ("auto", "cpu", "cuda")
 _ATTENTION = ("auto", "varlen", "sdpa", "eager", "flash_attention_2")
 
@@ -73,12 +74,11 @@ class TrainConfig:
     # of at least CUDA_GRAPHS_MIN_STEPS forward passes, where the steps they save outweigh their one-off cost
     cuda_graphs: bool | None = None
     # packed rows are padded to a multiple of this many tokens when CUDA graphs are on: each new row
-    # length costs a CUDA-graph recording (~5 s on the H200), each padded token compute. 1024 did not
-    # beat 512 on fast_v7 (H200, 2026-12-01: 24 s vs 28 s of recordings, within compile-time noise)
+    # length costs a CUDA-graph recording, each padded token compute (512 vs 1024: docs/benchmarks.md)
     pad_to_multiple_of: int = 512
     attention: str = "auto"  # auto: varlen when packing, else sdpa
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: qaforge.modeling.pick_device (CUDA when a GPU is visible)
+    dtype: str = "auto"  # auto: qaforge.modeling.pick_dtype (bfloat16 on CUDA, float32 on CPU)
     dataloader_workers: int = 0
 
     # outputs and evaluation
@@ -190,7 +190,7 @@ def read_profile_yaml(name: str, profiles_dir: Path = PROFILES_DIR, _seen: tuple
 def load_profile(name: str | None = None, profiles_dir: Path = PROFILES_DIR, **overrides: Any) -> TrainConfig:
     """Load a profile by name (or YAML path) and apply overrides; `None` values do not override.
 
-    With no name, `$TRAIN_PROFILE` is used, else `fast_v7` (the seed's behaviour).
+    With no name, `$TRAIN_PROFILE` is used, else `fast_v7` (the best profile that keeps the exam held out).
     """
     name = name or os.environ.get(PROFILE_ENV_VAR) or DEFAULT_PROFILE
     values = read_profile_yaml(name, profiles_dir)
