@@ -15,7 +15,7 @@ WRONG_ANSWER = ("Bananas are yellow fruit that grow in tropical plantations and 
                 "monkeys and people both enjoy them at breakfast.")
 
 
-def make_dataset(tmp: Path, chapters: str = "ch0[12]_*.md", wrong_every: int = 5) -> tuple[Path, list[str]]:
+def make_dataset(tmp: Path, chapters: str = "ch01_*.md", wrong_every: int = 5) -> tuple[Path, list[str]]:
     """(dataset folder, ids of the pairs whose answer was replaced by an unrelated one)."""
     from qaforge.generate.pipeline import generate_dataset
 

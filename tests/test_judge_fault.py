@@ -140,7 +140,7 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(dataset, tmp_path
     shutil.copytree(source, reference)
     shutil.copytree(source, resumed)
     items = len(json.loads((source / "qa.json").read_text(encoding="utf-8")))
-    with FaultJudgeServer(_faulty(latency=(0.1, 0.3), rate_slow=0.0)) as server:
+    with FaultJudgeServer(_faulty(latency=(0.1, 0.2), rate_slow=0.0)) as server:
         judge_dataset(reference, _options(server, concurrency=2, timeout_s=2.0), show_progress=False)
         args = judge_command(resumed, server.base_url, "--concurrency", "2", "--timeout", "2.0")
         proc = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
