@@ -56,7 +56,7 @@ def gguf_architecture(path: str | os.PathLike) -> str:
 
 def check_supported(path: str | os.PathLike) -> str:
     """The model family of a GGUF file; for any other architecture, `model_family`'s error with the file named."""
-    from qaforge.modeling import model_family
+    from qaforge.families import model_family
 
     arch = gguf_architecture(path)
     try:
