@@ -59,12 +59,13 @@ def pick_backend(backend: Backend) -> str:
 
 
 def _generate_native(path: Path, prompts: list[list[int]], max_tokens: int, batch_size: int, device: str,
-                     dtype: str, eos_ids: set[int], progress: bool) -> tuple[list[tuple[list[int], str]], float]:
+                     dtype: str, eos_ids: set[int], progress: bool,
+                     repetition_penalty: float = 1.0) -> tuple[list[tuple[list[int], str]], float]:
     from qaforge.engine import LLM, SamplingParams
 
     llm = LLM(str(path), device=device, dtype=dtype,
               max_model_len=max(len(p) for p in prompts) + max_tokens + 8, max_num_seqs=batch_size)
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, repetition_penalty=repetition_penalty)
     results: list[tuple[list[int], str]] = []
     started = time.perf_counter()  # generation only: loading the model is not answering
     with tqdm(total=len(prompts), desc=f"generate {path.name} (native)", disable=not progress) as bar:
@@ -79,8 +80,8 @@ def _generate_native(path: Path, prompts: list[list[int]], max_tokens: int, batc
 
 
 def _generate_hf(path: Path, tokenizer: Any, prompts: list[list[int]], max_tokens: int, batch_size: int,
-                 device: str, dtype: str, eos_ids: set[int],
-                 progress: bool) -> tuple[list[tuple[list[int], str]], float]:
+                 device: str, dtype: str, eos_ids: set[int], progress: bool,
+                 repetition_penalty: float = 1.0) -> tuple[list[tuple[list[int], str]], float]:
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -88,7 +89,7 @@ def _generate_hf(path: Path, tokenizer: Any, prompts: list[list[int]], max_token
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     # A fresh greedy config: Qwen ships sampling defaults (temperature 0.6, top_p 0.95) we must not inherit.
     gen_config = GenerationConfig(do_sample=False, max_new_tokens=max_tokens, eos_token_id=sorted(eos_ids),
-                                  pad_token_id=pad_id)
+                                  pad_token_id=pad_id, repetition_penalty=repetition_penalty)
     # Longest first, so batches hold similar lengths (less padding) and an OOM shows up at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[tuple[list[int], str] | None] = [None] * len(prompts)
@@ -131,25 +132,31 @@ def eos_token_ids(path: Path, tokenizer: Any) -> set[int]:
 
 
 def collect_from_model(model: str, questions: list[str], label: str, max_tokens: int = 384,
-                       backend: Backend = "auto", batch_size: int = 16, device: str = "auto",
-                       system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, progress: bool = True) -> Collection:
-    """Greedy answers of a local model to every question, cleaned, in question order."""
+                       backend: Backend = "auto", batch_size: int | None = None, device: str = "auto",
+                       system_prompt: str | None = DEFAULT_SYSTEM_PROMPT, progress: bool = True,
+                       repetition_penalty: float = 1.0) -> Collection:
+    """Greedy answers of a local model to every question, cleaned, in question order.
+    `batch_size` None: 256 sequences at once on a GPU (the engine batches continuously; 16 would leave
+    it mostly idle), 16 on CPU (memory)."""
     from transformers import AutoTokenizer
 
     path = resolve_model_path(model)
     chosen = pick_backend(backend)
     device = pick_device(device)
     dtype = pick_dtype("auto", device)
+    batch_size = batch_size or (256 if device.startswith("cuda") else 16)
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     prompts = [prompt_token_ids(tokenizer, q, system_prompt) for q in questions]
     eos_ids = eos_token_ids(path, tokenizer)
     if chosen == "native":
-        generated, wall = _generate_native(path, prompts, max_tokens, batch_size, device, dtype, eos_ids, progress)
+        generated, wall = _generate_native(path, prompts, max_tokens, batch_size, device, dtype, eos_ids, progress,
+                                           repetition_penalty)
     else:
         generated, wall = _generate_hf(path, tokenizer, prompts, max_tokens, batch_size, device, dtype, eos_ids,
-                                       progress)
+                                       progress, repetition_penalty)
     answers = [Answer(clean_answer(tokenizer.decode(ids, skip_special_tokens=True)), len(ids), None, reason)
                for ids, reason in generated]
     return Collection(label, str(path), answers, wall,
                       {"backend": chosen, "device": device, "max_tokens": max_tokens,
-                       "batch_size": batch_size, "tokenizer": str(path)})
+                       "batch_size": batch_size, "repetition_penalty": repetition_penalty,
+                       "system_prompt": system_prompt, "tokenizer": str(path)})

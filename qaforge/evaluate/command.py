@@ -25,7 +25,13 @@ def eval(  # noqa: A001 - the command is called "eval"
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N exam questions."),
     backend: str = typer.Option("auto", "--backend", help="Local generation: native (qaforge engine), hf "
                                 "(transformers generate) or auto (native, hf if the engine is unavailable)."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions generated together locally."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Questions generated together "
+                                             "locally (default: 256 on a GPU, 16 on CPU)."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.01, max=2.0,
+                                             help="Local greedy decoding: penalty on tokens already in the prompt "
+                                             "or answer (vLLM/HF semantics; 1.0 is off)."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System prompt for every question "
+                                                "('' for none; default: the course grader's)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
     endpoint_api: str = typer.Option("auto", "--endpoint-api", help="auto, openai or predict."),
     endpoint_model: Optional[str] = typer.Option(None, "--endpoint-model", help="Model name for the OpenAI API "
@@ -63,7 +69,8 @@ def eval(  # noqa: A001 - the command is called "eval"
         evaluate(data, out, model=model, endpoint=endpoint, base_model=base_model, train_data=train_data,
                  max_tokens=max_tokens, limit=limit, backend=backend, batch_size=batch_size,  # type: ignore[arg-type]
                  device=device, endpoint_api=endpoint_api, endpoint_model=endpoint_model,  # type: ignore[arg-type]
-                 tokenizer=tokenizer, concurrency=concurrency)
+                 tokenizer=tokenizer, concurrency=concurrency, repetition_penalty=repetition_penalty,
+                 **({} if system_prompt is None else {"system_prompt": system_prompt or None}))
     except (ExamFormatError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc

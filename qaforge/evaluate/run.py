@@ -62,10 +62,11 @@ def print_summary(results: dict[str, Any], console: Console) -> None:
 
 def evaluate(data: Path, out_dir: Path, model: str | None = None, endpoint: str | None = None,
              base_model: str | None = None, train_data: Path | None = None, max_tokens: int = 384,
-             limit: int | None = None, backend: Backend = "auto", batch_size: int = 16, device: str = "auto",
+             limit: int | None = None, backend: Backend = "auto", batch_size: int | None = None, device: str = "auto",
              endpoint_api: Api = "auto", endpoint_model: str | None = None, tokenizer: str | None = None,
              concurrency: int = 8, system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
-             model_label: str = "fine-tuned", progress: bool = True, console: Console | None = None) -> dict:
+             model_label: str = "fine-tuned", progress: bool = True, console: Console | None = None,
+             repetition_penalty: float = 1.0) -> dict:
     """Evaluate `model` and/or `endpoint` on the exam in `data`; returns what eval_results.json holds."""
     console = console or Console()
     data, out_dir = Path(data), Path(out_dir)
@@ -80,7 +81,7 @@ def evaluate(data: Path, out_dir: Path, model: str | None = None, endpoint: str 
 
     collections: list[Collection] = [question_as_answer(questions)]
     local = dict(max_tokens=max_tokens, backend=backend, batch_size=batch_size, device=device,
-                 system_prompt=system_prompt, progress=progress)
+                 system_prompt=system_prompt, progress=progress, repetition_penalty=repetition_penalty)
     if base_model:
         collections.append(collect_from_model(base_model, questions, "base (untuned)", **local))
     if model:

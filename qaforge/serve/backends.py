@@ -44,7 +44,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def sampling_params(self, *, max_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                        seed: int | None = None, ignore_eos: bool = False) -> Any:
+                        seed: int | None = None, ignore_eos: bool = False, repetition_penalty: float = 1.0) -> Any:
         """The engine's own sampling object for one sequence; temperature 0 is greedy, top_k 0 is off."""
 
     @abc.abstractmethod
@@ -97,9 +97,9 @@ class NativeEngine(Engine):
         return AsyncLLM(self.model_path, **kwargs)
 
     def sampling_params(self, *, max_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                        seed: int | None = None, ignore_eos: bool = False) -> Any:
+                        seed: int | None = None, ignore_eos: bool = False, repetition_penalty: float = 1.0) -> Any:
         return self._SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                                    seed=seed, ignore_eos=ignore_eos)
+                                    seed=seed, ignore_eos=ignore_eos, repetition_penalty=repetition_penalty)
 
     def generate(self, prompt_ids: list[int], sampling: Any, request_id: str) -> AsyncIterator[TokenDelta]:
         # AsyncLLM's RequestOutput has TokenDelta's fields; closing it aborts the request.
@@ -176,11 +176,12 @@ class VllmEngine(Engine):
         return AsyncLLM.from_engine_args(args)
 
     def sampling_params(self, *, max_tokens: int, temperature: float, top_p: float = 1.0, top_k: int = 0,
-                        seed: int | None = None, ignore_eos: bool = False) -> Any:
+                        seed: int | None = None, ignore_eos: bool = False, repetition_penalty: float = 1.0) -> Any:
         return self._SamplingParams(
             n=1, temperature=temperature, top_p=top_p,
             # -1 = off in every vLLM release (0 is refused by older ones, e.g. the image's 0.11)
             top_k=top_k if top_k > 0 else -1, max_tokens=max_tokens, seed=seed, ignore_eos=ignore_eos,
+            repetition_penalty=repetition_penalty,
             detokenize=False,  # the server detokenizes (stop strings, think filtering)
             output_kind=self._delta)
 

@@ -78,7 +78,7 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
             temperature=s.temperature if body.temperature is None else body.temperature,
             top_p=s.top_p if body.top_p is None else body.top_p,
             top_k=s.top_k if body.top_k is None else body.top_k,
-            seed=body.seed, ignore_eos=body.ignore_eos)
+            seed=body.seed, ignore_eos=body.ignore_eos, repetition_penalty=body.repetition_penalty)
         jobs.append((ids, sampling))
     with service.admit(len(jobs)):
         results = await guarded(request, asyncio.gather(*(service.complete(ids, p) for ids, p in jobs)),

@@ -49,7 +49,8 @@ def _params(service: GenerationService, body: OpenAIFields, prompt_ids: list[int
         prompt_ids, requested, param,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0, seed=body.seed, ignore_eos=body.ignore_eos)
+        top_k=body.top_k or 0, seed=body.seed, ignore_eos=body.ignore_eos,
+        repetition_penalty=body.repetition_penalty)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -14,6 +14,7 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 TopK = Annotated[StrictInt, Field(ge=-1)]          # -1 or 0: off (vLLM uses -1, the engine 0)
 MaxTokens = Annotated[StrictInt, Field(ge=1)]
+RepetitionPenalty = Annotated[float, Field(gt=0.0, le=2.0)]  # vLLM's range; 1 is off
 Seed = Annotated[StrictInt, Field(ge=0, lt=2**63)]
 Stop = Union[StrictStr, Annotated[list[StrictStr], Field(max_length=16)]]
 
@@ -28,6 +29,7 @@ class SamplingFields(_Body):
     top_k: TopK | None = None
     max_tokens: MaxTokens | None = None
     seed: Seed | None = None
+    repetition_penalty: RepetitionPenalty | None = None  # vLLM's extension; 1 is off
     ignore_eos: StrictBool = False  # vLLM's extension: always generate max_tokens (benchmarks)
 
 

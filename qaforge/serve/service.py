@@ -76,12 +76,13 @@ class GenerationService:
 
     def sampling(self, prompt_ids: Sequence[int], max_tokens: int | None, param: str = "prompt", *,
                  temperature: float, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                 ignore_eos: bool = False) -> Any:
+                 ignore_eos: bool = False, repetition_penalty: float | None = None) -> Any:
         """The engine's sampling parameters for one sequence: the answer budget fitted to the context
         (`fit_max_tokens`), top_k -1 read as 0 (off)."""
         return self.engine.sampling_params(
             max_tokens=self.fit_max_tokens(prompt_ids, max_tokens, param), temperature=temperature,
-            top_p=top_p, top_k=max(0, top_k), seed=seed, ignore_eos=ignore_eos)
+            top_p=top_p, top_k=max(0, top_k), seed=seed, ignore_eos=ignore_eos,
+            repetition_penalty=self.settings.repetition_penalty if repetition_penalty is None else repetition_penalty)
 
     # ---- generation ------------------------------------------------------------------------
     async def _sequence(self, prompt_ids: list[int], sampling: Any,

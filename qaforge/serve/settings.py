@@ -28,6 +28,7 @@ class ServeSettings:
     temperature: float = 0.0             # /predict sampling (greedy: the grader wants stable answers)
     top_p: float = 1.0
     top_k: int = 0
+    repetition_penalty: float = 1.0      # default for /predict and the OpenAI API; 1 is off
     max_model_len: int = 512             # the course project's context: prompt + answer
     max_num_seqs: int = 256              # sequences the engine runs at once (the course project's vLLM: 4096)
     max_num_batched_tokens: int = 16384
@@ -55,6 +56,8 @@ class ServeSettings:
     def validate(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if not 0.0 < self.repetition_penalty <= 2.0:
+            raise ValueError(f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
         for name in ("max_tokens", "max_model_len", "max_num_seqs", "max_pending", "max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -91,6 +91,7 @@ class TrainConfig:
     rouge_max_samples: int | None = None
     eval_compare_base: bool = False  # also score the untuned base model (doubles generation time)
     max_new_tokens: int = 384
+    repetition_penalty: float = 1.0  # decoding of that evaluation (1.0: off); a recipe's setting, as max_new_tokens
 
     def __post_init__(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -123,6 +124,7 @@ class TrainConfig:
         need(self.logging_steps >= 1, "logging_steps must be >= 1")
         need(self.save_steps is None or self.save_steps >= 1, "save_steps must be >= 1 or null")
         need(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
+        need(0.0 < self.repetition_penalty <= 2.0, f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")
         need(self.attention != "varlen" or self.packing, "attention 'varlen' needs packing: true")
 
     @property

@@ -46,6 +46,7 @@ def rouge_eval(config: TrainConfig, merged_dir: Path | None, model_path: Path, o
                           base_model=str(model_path) if config.eval_compare_base else None,
                           train_data=Path(config.data) if config.data else None,
                           system_prompt=config.system_prompt, max_tokens=config.max_new_tokens,
+                          repetition_penalty=config.repetition_penalty,
                           limit=config.rouge_max_samples, model_label="fine-tuned")
     except Exception as exc:  # noqa: BLE001 - training results must survive an evaluation failure
         log.exception("ROUGE-L evaluation failed")
