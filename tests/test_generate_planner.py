@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qaforge.corpus import Chapter
+from qaforge.generate.corpus import Chapter
 from qaforge.generate.planner import chapter_targets, difficulty_targets
 from qaforge.generate.split import stratum_quotas
 

@@ -58,7 +58,7 @@ def generate(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate a QA dataset from a textbook; prints a summary table and writes report.json/report.md."""
-    from qaforge.corpus import CorpusError
+    from qaforge.generate.corpus import CorpusError
     from qaforge.generate.pipeline import generate_dataset
 
     llm = None

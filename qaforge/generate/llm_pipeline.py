@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qaforge.corpus import Chapter, Chunk
+from qaforge.generate.corpus import Chapter, Chunk
 from qaforge.generate.dedup import DedupIndex
 from qaforge.generate.export import write_json
 from qaforge.generate.filters import FilterConfig, QualityFilter

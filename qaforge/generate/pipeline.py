@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from qaforge.chat import DEFAULT_SYSTEM_PROMPT
-from qaforge.corpus import Chunk, chunk_corpus, load_corpus
+from qaforge.generate.corpus import Chunk, chunk_corpus, load_corpus
 from qaforge.generate.dedup import DEFAULT_NEAR_THRESHOLD, DedupIndex
 from qaforge.generate.export import export_dataset, write_json, write_jsonl
 from qaforge.generate.records import QARecord, load_records

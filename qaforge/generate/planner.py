@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from qaforge.corpus import Chapter, Chunk, load_chapter_map
+from qaforge.generate.corpus import Chapter, Chunk, load_chapter_map
 from qaforge.generate.records import DIFFICULTIES
 
 SEED_CHAPTER_MAP = Path(__file__).with_name("chapter_maps") / "pmpp.yaml"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from qaforge.corpus import Chunk
+from qaforge.generate.corpus import Chunk
 from qaforge.generate.records import DIFFICULTIES
 
 DEFAULT_PROMPT_DIR = Path(__file__).with_name("prompts")
