@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from qaforge.generate.pipeline import generate_dataset
-from qaforge.generate.records import DatasetFormatError, load_records
+from qaforge.dataset import DatasetFormatError, read_records
 from qaforge.textnorm import jaccard, normalize, shingles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,11 +119,11 @@ def test_malformed_earlier_run_names_file_and_line(tmp_path):
     bad = tmp_path / "old.jsonl"
     bad.write_text('{"question": "a", "answer": "b", "difficulty": "easy", "chapter": 1}\n{oops\n')
     with pytest.raises(DatasetFormatError, match=r"old\.jsonl:2"):
-        load_records(bad)
+        read_records(bad)
     wrong = tmp_path / "old2.jsonl"
     wrong.write_text('{"question": "a", "answer": "b", "difficulty": "trivial", "chapter": 1}\n')
     with pytest.raises(DatasetFormatError, match=r"old2\.jsonl:1: difficulty"):
-        load_records(wrong)
+        read_records(wrong)
 
 
 def test_exam_too_large_is_refused(tmp_path):

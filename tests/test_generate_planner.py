@@ -22,7 +22,7 @@ def test_difficulty_targets_are_50_30_20_within_one(total):
 
 def test_chapter_targets_precedence():
     chapters = [Chapter(1, "Intro"), Chapter(4, "Memory", target=33), Chapter(99, "Extra")]
-    assert chapter_targets(chapters, None, 42) == {1: 60, 4: 33, 99: 42}   # seed table, map, default
+    assert chapter_targets(chapters, None, 42) == {1: 60, 4: 33, 99: 42}   # PMPP table, map, default
     assert chapter_targets(chapters, {1: 7}, 42) == {1: 7, 4: 33, 99: 42}
     assert chapter_targets(chapters, {1: 7}, 42, uniform=10) == {1: 10, 4: 10, 99: 10}
 
