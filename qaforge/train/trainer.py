@@ -151,12 +151,13 @@ def build_model(config: TrainConfig, model_path: Path, device: str, dtype, for_t
 
 
 def _encode_splits(config: TrainConfig, tokenizer):
-    from qaforge.train.data import ChatEncoder, load_qa_records, split_validation
+    from qaforge.dataset import read_records
+    from qaforge.train.data import ChatEncoder, split_validation
 
     if not config.data:
         raise ValueError("no training data: set `data` (a train.jsonl in alpaca format)")
-    train_records = load_qa_records(config.data)
-    exam_records = load_qa_records(config.exam) if config.exam else []
+    train_records = read_records(config.data)
+    exam_records = read_records(config.exam) if config.exam else []
     if config.train_on_exam:
         if not exam_records:
             raise ValueError("train_on_exam=true needs an exam split (--exam)")
