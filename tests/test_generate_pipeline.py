@@ -10,6 +10,7 @@ import pytest
 
 from qaforge.generate.pipeline import generate_dataset
 from qaforge.dataset import DatasetFormatError, read_records
+from qaforge.generate.progress import PROGRESS_KEYS
 from qaforge.textnorm import jaccard, normalize, shingles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,10 @@ def test_report_counts_match_files(rules_run):
     assert len(train) + len(exam) + report["split"]["dropped_from_train"] == len(records)
     assert json.loads((out / "report.json").read_text())["dataset"]["total"] == len(records)
     assert "| easy |" in (out / "report.md").read_text(encoding="utf-8")
-    assert json.loads((out / "progress.json").read_text())["status"] == "complete"
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["status"] == "complete"
+    assert set(progress) == set(PROGRESS_KEYS) and progress["accepted"] == len(records)
+    assert sum(sum(row["accepted"].values()) for row in progress["chapters"].values()) == len(records)
     record = records[0]
     assert set(record) == {"id", "question", "answer", "difficulty", "chapter", "chapter_title", "topic",
                            "source", "generator", "model"}
@@ -82,6 +86,18 @@ def test_rerun_is_idempotent_and_seed_changes_exam(rules_run, tmp_path):
     generate_dataset(PROJECT_CORPUS, other, exam_size=40, seed=1, show_progress=False, print_table=False)
     assert (other / "qa.json").read_bytes() == before["qa.json"]
     assert (other / "exam.jsonl").read_bytes() != before["exam.jsonl"]
+
+
+def test_every_written_file_reads_back_through_qaforge_dataset(rules_run):
+    out, _ = rules_run
+    qa = read_records(out / "qa.json")
+    assert [r.to_dict() for r in qa] == json.loads((out / "qa.json").read_text(encoding="utf-8"))
+    for split in ("train", "exam"):
+        alpaca = read_records(out / f"{split}.jsonl")
+        assert {r.id for r in alpaca} <= {r.id for r in qa}
+        for fmt in ("sharegpt", "chatml"):
+            other = read_records(out / f"{split}_{fmt}.jsonl")
+            assert [(r.question, r.answer) for r in other] == [(r.question, r.answer) for r in alpaca], fmt
 
 
 def test_llamafactory_loads_dataset_info(rules_run):

@@ -22,6 +22,8 @@ from qaforge.dataset import DIFFICULTIES, write_json
 from qaforge.generate.journal import Journal
 
 STATUSES = ("running", "complete", "incomplete")
+PROGRESS_KEYS = ("status", "generator", "round", "accepted", "target", "calls_journaled", "journal", "elapsed_s",
+                 "chapters")
 
 
 def write_progress(out_dir: Path, status: str, generator: str, round_no: int,
