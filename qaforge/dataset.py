@@ -111,13 +111,10 @@ def _turns(data: dict, where: str) -> tuple[str, str]:
     if roles != [user, assistant]:
         raise DatasetFormatError(f"{where}: {key!r} must be one {user!r} turn then one {assistant!r} turn "
                                  f"(a system turn may come first), got {roles}")
-    texts = []
-    for turn, what in zip(turns, ("question", "answer")):
-        value = turn.get(content)
-        if not isinstance(value, str):
+    for turn in turns:
+        if not isinstance(turn.get(content), str):
             raise DatasetFormatError(f"{where}: the {turn[role]!r} turn needs a string {content!r}")
-        texts.append(value)
-    return texts[0], texts[1]
+    return turns[0][content], turns[1][content]
 
 
 def _difficulty(data: dict, where: str) -> str:
@@ -125,7 +122,8 @@ def _difficulty(data: dict, where: str) -> str:
     if value in (None, ""):
         return UNKNOWN
     if value not in DIFFICULTIES + (UNKNOWN,):
-        raise DatasetFormatError(f"{where}: difficulty must be one of {DIFFICULTIES} (or missing), got {value!r}")
+        raise DatasetFormatError(f"{where}: difficulty must be one of {DIFFICULTIES + (UNKNOWN,)} or missing, "
+                                 f"got {value!r}")
     return value
 
 
