@@ -25,4 +25,7 @@ demo: setup
 	touch $@
 
 test: setup .venv-vllm/.installed
+	@# The review page's browser tests need a real Chromium (Debian's; Playwright's own download is never used).
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || \
+		(apt-get update && apt-get install -y chromium); fi
 	$(VENV)/bin/python -m pytest -q -ra --timeout=900

@@ -11,6 +11,7 @@ import typer
 from qaforge.bench_command import bench
 from qaforge.evaluate.command import eval as eval_command
 from qaforge.generate.command import generate
+from qaforge.review.command import review
 from qaforge.serve.command import serve
 from qaforge.train.command import train
 
@@ -21,6 +22,7 @@ app.command("train")(train)
 app.command("eval")(eval_command)
 app.command("serve")(serve)
 app.command("bench")(bench)
+app.command("review")(review)
 
 
 @app.command("tiny")

@@ -9,6 +9,7 @@ if str(Path(__file__).resolve().parents[1]) not in sys.path:  # runnable before 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import random
+import weakref
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ from qaforge.engine.layers.attn_meta import AttnMeta
 from qaforge.engine.sequence import Sequence
 
 N_NEW = 64
-_REF: dict = {}
+# references per HF model object (weakly held: an id() key could be reused by a later module's model)
+_REF: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def build_random_qwen3(path) -> str:
@@ -49,22 +51,29 @@ def model_dir(tmp_path_factory):
     return build_random_qwen3(tmp_path_factory.mktemp("engine_rand_qwen3"))
 
 
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
+def hf_reference(model_dir):
+    """transformers' fp32 model of a directory, with EOS off so `generate` runs the full length."""
     from transformers import AutoModelForCausalLM
     m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     m.generation_config.eos_token_id = None
     return m
 
 
-def hf_greedy(hf, prompt: list[int], n: int = N_NEW) -> list[int]:
-    key = (id(hf), tuple(prompt), n)
-    if key not in _REF:
+@pytest.fixture(scope="module")
+def hf_model(model_dir):
+    return hf_reference(model_dir)
+
+
+def hf_greedy(hf, prompt: list[int], n: int = N_NEW, **generate_kwargs) -> list[int]:
+    """transformers' greedy `generate` continuation of `prompt` (cached per model, prompt and kwargs)."""
+    refs = _REF.setdefault(hf, {})
+    key = (tuple(prompt), n, tuple(sorted(generate_kwargs.items())))
+    if key not in refs:
         with torch.no_grad():
             out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                              max_new_tokens=n, do_sample=False, pad_token_id=0)
-        _REF[key] = out[0, len(prompt):].tolist()
-    return _REF[key]
+                              max_new_tokens=n, do_sample=False, pad_token_id=0, **generate_kwargs)
+        refs[key] = out[0, len(prompt):].tolist()
+    return refs[key]
 
 
 def prompts_of(lengths, seed=0, vocab=1000):

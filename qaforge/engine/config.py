@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
+from ..modeling import model_family, pick_device, pick_dtype
 
 
 @dataclass
@@ -27,24 +27,17 @@ class EngineConfig:
     seed: int = 0
     hf_config: dict = field(default_factory=dict, repr=False)
     eos_token_ids: tuple[int, ...] = ()
+    family: str = field(default="", init=False)  # "qwen3" | "qwen2", from config.json
 
     def __post_init__(self) -> None:
         path = Path(self.model)
         if not (path / "config.json").is_file():
-            raise ValueError(f"model directory {self.model!r} has no config.json")
+            raise ValueError(f"model directory {self.model!r} has no config.json (the native engine needs a HF "
+                             "model directory)")
         self.hf_config = json.loads((path / "config.json").read_text())
-        archs = self.hf_config.get("architectures") or []
-        if self.hf_config.get("model_type") not in ("qwen3",) and "Qwen3ForCausalLM" not in archs:
-            raise ValueError(f"unsupported model type {self.hf_config.get('model_type')!r} (native engine: Qwen3)")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        if self.device == "auto":
-            import torch
-            self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be cpu or cuda[:N], got {self.device!r}")
-        if self.dtype == "auto":
-            self.dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
+        self.family = check_architecture(self.hf_config)
+        self.device = pick_device(self.device)
+        self.dtype = pick_dtype(self.dtype, self.device)
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError("attention_backend must be auto, torch or triton")
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size"):
@@ -73,6 +66,39 @@ class EngineConfig:
         """Block-table width, rounded up to a multiple of 16 (one Triton specialization for every batch)."""
         n = -(-self.max_model_len // self.block_size)
         return (n + 15) // 16 * 16
+
+
+def check_architecture(hf: dict) -> str:
+    """The model family ("qwen3" | "qwen2") of a config.json the engine can run exactly; a ValueError naming
+    what it cannot: another architecture, a RoPE scaling type, sliding-window layers."""
+    family = model_family(hf)  # names the architecture and the supported ones
+    rope = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+    if rope_type != "default":
+        raise ValueError(f"config.json: rope type {rope_type!r} is not supported by the native engine, which "
+                         "implements the default RoPE only; serve this model with --engine vllm")
+    _check_full_attention(hf)
+    return family
+
+
+def _check_full_attention(hf: dict) -> None:
+    """Sliding-window layers would silently attend too far with the engine's full causal attention: refuse
+    them. A layer slides as in transformers and vLLM: `layer_types` when config.json has it, else
+    use_sliding_window with a window and a layer index >= max_window_layers."""
+    types = hf.get("layer_types")
+    if types is None:
+        slide = bool(hf.get("use_sliding_window")) and hf.get("sliding_window") is not None
+        first = int(hf.get("max_window_layers", 28))
+        types = ["sliding_attention" if slide and i >= first else "full_attention"
+                 for i in range(int(hf["num_hidden_layers"]))]
+    other = sorted({t for t in types if t != "full_attention"})
+    if other:
+        n = sum(t != "full_attention" for t in types)
+        raise ValueError(f"config.json asks for {', '.join(other)} in {n} of {len(types)} layers "
+                         f"(use_sliding_window={hf.get('use_sliding_window')}, sliding_window="
+                         f"{hf.get('sliding_window')}, max_window_layers={hf.get('max_window_layers')}): the native "
+                         "engine implements full attention only; serve this model with --engine vllm")
 
 
 def _eos_ids(path: Path, hf: dict) -> list[int]:

@@ -15,7 +15,7 @@ import torch
 from .config import EngineConfig
 from .layers.attn_meta import AttnMeta
 from .layers.ops import TorchOps, triton_ops
-from .models.qwen3 import Qwen3ForCausalLM
+from .models.qwen import QwenForCausalLM
 from .sampler import Sampler
 from .sequence import Sequence
 
@@ -40,7 +40,7 @@ class ModelRunner:
             torch.cuda.set_device(self.device)
         torch.manual_seed(c.seed)
         t0 = time.perf_counter()
-        self.model = Qwen3ForCausalLM(c.model, c.hf_config, self.dtype, self.device, max_positions=c.max_model_len)
+        self.model = QwenForCausalLM(c.model, c.hf_config, self.dtype, self.device, max_positions=c.max_model_len)
         self.load_s = time.perf_counter() - t0
         backend = c.attention_backend
         if backend == "auto":
@@ -50,7 +50,7 @@ class ModelRunner:
             raise ValueError("attention_backend 'triton' needs a CUDA device")
         self.backend = backend
         self.model.ops = triton_ops() if backend == "triton" else TorchOps
-        self.sampler = Sampler(self.device)
+        self.sampler = Sampler(self.device, c.max_num_seqs)
         a = self.model.args
         self.block_size = c.block_size
         self.block_bytes = 2 * a.num_hidden_layers * c.block_size * a.num_key_value_heads * a.head_dim \
@@ -101,8 +101,9 @@ class ModelRunner:
         cur = torch.cuda.memory_allocated()
         free, total = torch.cuda.mem_get_info()
         used = total - free
-        # logits of a full decode batch, and the sampler's fp32 temporaries (it works in chunks of 256 rows)
-        extra = c.max_num_seqs * a.vocab_size * 2 + 6 * min(256, c.max_num_seqs) * a.vocab_size * 4
+        # logits of a full decode batch, the sampler's fp32 temporaries (it works in chunks of 256 rows) and
+        # its repetition-penalty mask (one bool row per sequence slot)
+        extra = c.max_num_seqs * a.vocab_size * 3 + 6 * min(256, c.max_num_seqs) * a.vocab_size * 4
         avail = total * c.gpu_memory_utilization - used - (peak - cur) - extra
         blocks = int(avail // self.block_bytes)
         if blocks < need_one:

@@ -1,6 +1,7 @@
 """Sampling parameters of one request (vLLM-compatible names)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -13,6 +14,7 @@ class SamplingParams:
     seed: int | None = None       # per-request generator: same seed, same tokens, whatever the batch
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    repetition_penalty: float = 1.0  # vLLM/HF: logits of prompt and output tokens / p (> 0) or * p (<= 0); 1 = off
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -23,6 +25,10 @@ class SamplingParams:
             self.top_k = 0
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0 (0 or -1: disabled)")
+        if not (isinstance(self.repetition_penalty, (int, float)) and math.isfinite(self.repetition_penalty)
+                and self.repetition_penalty > 0):
+            raise ValueError(f"repetition_penalty must be > 0 (1.0: off), got {self.repetition_penalty!r}")
+        self.repetition_penalty = float(self.repetition_penalty)
         if int(self.max_tokens) < 1:
             raise ValueError("max_tokens must be >= 1")
         self.max_tokens = int(self.max_tokens)

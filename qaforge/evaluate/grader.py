@@ -161,6 +161,7 @@ def simulate_grader(url: str, data: Path, limit: int | None = None, chunk_size: 
         "output_chars_per_s": sum(map(len, answers)) * repeat / predict_s,
         "rouge_l": summary["metrics"]["rouge_l"], "course_rouge_l": summary["metrics"]["course_rouge_l"],
         "summary": summary,
+        "answers": answers,  # the last round's, in question order: engines are compared answer by answer
     }
     return _finish(result, console, out_dir)
 

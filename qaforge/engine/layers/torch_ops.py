@@ -1,4 +1,4 @@
-"""Reference ops in plain torch (CPU and any dtype). Numerics follow transformers' Qwen3 exactly.
+"""Reference ops in plain torch (CPU and any dtype). Numerics follow transformers' Qwen3 and Qwen2 exactly.
 
 Vectorized over the batch: no Python loop over sequences or tokens.
 """
@@ -35,11 +35,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def qk_norm_rope_store(qkv, positions, slot_mapping, k_cache, v_cache, q_w, k_w, cos, sin,
                        num_heads: int, num_kv_heads: int, head_dim: int, eps: float) -> torch.Tensor:
-    """Split qkv, RMS-normalize q and k per head, apply RoPE, write k and v to the paged cache; return q [T,H,D]."""
+    """Split qkv, RMS-normalize q and k per head (skipped when q_w/k_w are None: Qwen2), apply RoPE, write
+    k and v to the paged cache; return q [T,H,D]."""
     T = qkv.shape[0]
     q, k, v = qkv.split([num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
-    q = rms_norm(q.reshape(T, num_heads, head_dim), q_w, eps)
-    k = rms_norm(k.reshape(T, num_kv_heads, head_dim), k_w, eps)
+    q = q.reshape(T, num_heads, head_dim)
+    k = k.reshape(T, num_kv_heads, head_dim)
+    if q_w is not None:
+        q, k = rms_norm(q, q_w, eps), rms_norm(k, k_w, eps)
     c = cos[positions].unsqueeze(1).to(q.dtype)
     s = sin[positions].unsqueeze(1).to(q.dtype)
     q = (q * c) + (_rotate_half(q) * s)

@@ -1,5 +1,5 @@
-"""Triton kernels for the CUDA path (bf16/fp16): fused RMSNorm(+residual), SiLU*mul, fused q/k-norm +
-RoPE + KV-cache store, paged decode attention (GQA-aware) and varlen prefill attention over the paged
+"""Triton kernels for the CUDA path (bf16/fp16): fused RMSNorm(+residual), SiLU*mul, fused q/k-norm (skipped
+for Qwen2) + RoPE + KV-cache store, paged decode attention (GQA-aware) and varlen prefill attention over the paged
 cache (prefix-cache hits included). Imported only when CUDA and Triton are present."""
 from __future__ import annotations
 
@@ -67,10 +67,25 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- q/k RMSNorm + RoPE + KV store
 @triton.jit
+def _norm_rope_heads(SRC, DST, W, mask, c, s, eps, D: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr):
+    """Pointer blocks [heads, HALF] to each head's first half at SRC and DST: RMSNorm per head (HAS_NORM,
+    weight W), rotate-half RoPE, stored in DST's dtype. All in fp32, rounded once."""
+    x1 = tl.load(SRC, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(SRC + HALF, mask=mask, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        oh = tl.arange(0, HALF)
+        r = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / D + eps)[:, None]
+        x1 = x1 * r * tl.load(W + oh)[None, :].to(tl.float32)
+        x2 = x2 * r * tl.load(W + HALF + oh)[None, :].to(tl.float32)
+    tl.store(DST, (x1 * c[None, :] - x2 * s[None, :]).to(DST.dtype.element_ty), mask=mask)
+    tl.store(DST + HALF, (x2 * c[None, :] + x1 * s[None, :]).to(DST.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _qk_norm_rope_store_kernel(QKV, QOUT, KC, VC, POS, SLOT, QW, KW, COS, SIN,
                                stride_qkv, stride_cs, eps,
                                H: tl.constexpr, KVH: tl.constexpr, HP2: tl.constexpr, KVHP2: tl.constexpr,
-                               D: tl.constexpr, HALF: tl.constexpr):
+                               D: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr):
     t = tl.program_id(0)
     pos = tl.load(POS + t).to(tl.int64)
     slot = tl.load(SLOT + t).to(tl.int64)
@@ -78,30 +93,13 @@ def _qk_norm_rope_store_kernel(QKV, QOUT, KC, VC, POS, SLOT, QW, KW, COS, SIN,
     c = tl.load(COS + pos * stride_cs + oh)
     s = tl.load(SIN + pos * stride_cs + oh)
     row = QKV + t * stride_qkv
-    # q
     hh = tl.arange(0, HP2)
-    hm = (hh < H)[:, None]
-    qb = row + hh[:, None] * D + oh[None, :]
-    x1 = tl.load(qb, mask=hm, other=0.0).to(tl.float32)
-    x2 = tl.load(qb + HALF, mask=hm, other=0.0).to(tl.float32)
-    r = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / D + eps)[:, None]
-    x1 = x1 * r * tl.load(QW + oh)[None, :].to(tl.float32)
-    x2 = x2 * r * tl.load(QW + HALF + oh)[None, :].to(tl.float32)
-    ob = QOUT + t * (H * D) + hh[:, None] * D + oh[None, :]
-    tl.store(ob, (x1 * c[None, :] - x2 * s[None, :]).to(QOUT.dtype.element_ty), mask=hm)
-    tl.store(ob + HALF, (x2 * c[None, :] + x1 * s[None, :]).to(QOUT.dtype.element_ty), mask=hm)
-    # k
+    _norm_rope_heads(row + hh[:, None] * D + oh[None, :], QOUT + t * (H * D) + hh[:, None] * D + oh[None, :],
+                     QW, (hh < H)[:, None], c, s, eps, D, HALF, HAS_NORM)
     kh = tl.arange(0, KVHP2)
-    km = (kh < KVH)[:, None] & (slot >= 0)
-    kb = row + H * D + kh[:, None] * D + oh[None, :]
-    y1 = tl.load(kb, mask=km, other=0.0).to(tl.float32)
-    y2 = tl.load(kb + HALF, mask=km, other=0.0).to(tl.float32)
-    r = tl.rsqrt((tl.sum(y1 * y1, axis=1) + tl.sum(y2 * y2, axis=1)) / D + eps)[:, None]
-    y1 = y1 * r * tl.load(KW + oh)[None, :].to(tl.float32)
-    y2 = y2 * r * tl.load(KW + HALF + oh)[None, :].to(tl.float32)
-    cb = KC + slot * (KVH * D) + kh[:, None] * D + oh[None, :]
-    tl.store(cb, (y1 * c[None, :] - y2 * s[None, :]).to(KC.dtype.element_ty), mask=km)
-    tl.store(cb + HALF, (y2 * c[None, :] + y1 * s[None, :]).to(KC.dtype.element_ty), mask=km)
+    km = (kh < KVH)[:, None] & (slot >= 0)  # slot -1: a padded CUDA-graph row, nothing stored
+    _norm_rope_heads(row + H * D + kh[:, None] * D + oh[None, :], KC + slot * (KVH * D) + kh[:, None] * D + oh[None, :],
+                     KW, km, c, s, eps, D, HALF, HAS_NORM)
     # v
     od = tl.arange(0, D)
     vb = row + (H + KVH) * D + kh[:, None] * D + od[None, :]
@@ -111,14 +109,18 @@ def _qk_norm_rope_store_kernel(QKV, QOUT, KC, VC, POS, SLOT, QW, KW, COS, SIN,
 
 def qk_norm_rope_store(qkv, positions, slot_mapping, k_cache, v_cache, q_w, k_w, cos, sin,
                        num_heads: int, num_kv_heads: int, head_dim: int, eps: float) -> torch.Tensor:
+    """q_w/k_w None (Qwen2): RoPE and the KV store only, no per-head RMSNorm."""
     T = qkv.shape[0]
     q = torch.empty((T, num_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    has_norm = q_w is not None
     if T:
+        # without a norm the weight pointers are never read: any tensor stands in for them
         _qk_norm_rope_store_kernel[(T,)](
-            qkv, q, k_cache, v_cache, positions, slot_mapping, q_w, k_w, cos, sin,
-            qkv.stride(0), cos.stride(0), eps,
+            qkv, q, k_cache, v_cache, positions, slot_mapping, q_w if has_norm else qkv, k_w if has_norm else qkv,
+            cos, sin, qkv.stride(0), cos.stride(0), eps,
             H=num_heads, KVH=num_kv_heads, HP2=triton.next_power_of_2(num_heads),
-            KVHP2=triton.next_power_of_2(num_kv_heads), D=head_dim, HALF=head_dim // 2, num_warps=4)
+            KVHP2=triton.next_power_of_2(num_kv_heads), D=head_dim, HALF=head_dim // 2, HAS_NORM=has_norm,
+            num_warps=4)
     return q
 
 
