@@ -137,5 +137,6 @@ def run_demo(out: Path = Path("runs/demo"), model: str | None = None, corpus: Pa
 
 
 def _questions(data_dir: Path) -> list[str]:
-    lines = (data_dir / "exam.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line)["instruction"] for line in lines[:4]]
+    from qaforge.dataset import read_records
+
+    return [record.question for record in read_records(data_dir / "exam.jsonl")[:4]]

@@ -1,4 +1,4 @@
-"""Corpus loading, chapter detection and chunking (qaforge/corpus.py)."""
+"""Corpus loading, chapter detection and chunking (qaforge/generate/corpus/)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qaforge.corpus import (CorpusError, chunk_chapter, chunk_corpus, load_corpus, read_text,
-                            split_sentences)
+from qaforge.generate.corpus import (CorpusError, chunk_chapter, chunk_corpus, load_corpus, read_text,
+                                     split_sentences)
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_CORPUS = REPO / "data" / "corpus"
@@ -197,7 +197,7 @@ def test_pdf_textbook_chapters_skip_contents_and_prose_mentions(tmp_path):
 
 
 def test_pdf_lines_wrapped_by_the_layout_are_joined():
-    from qaforge.corpus import unwrap_pdf_lines
+    from qaforge.generate.corpus import unwrap_pdf_lines
 
     page = ("CHAPTER 4 Memory\n"
             "Shared memory is an on-chip memory that every thread of a block can read and\n"

@@ -1,4 +1,5 @@
-"""Exam loading (formats, errors naming file and line) and the contamination check (planted duplicates)."""
+"""Exam loading through qaforge.dataset (formats, errors naming file and line) and the contamination
+check (planted duplicates)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from qaforge.dataset import DatasetFormatError, read_records
 from qaforge.evaluate.contamination import check_contamination, contamination_headline
-from qaforge.evaluate.exam import ExamFormatError, load_exam
+from qaforge.evaluate.exam import exam_items
 
 TRAIN = [
     {"instruction": "什么是 CUDA 中的 warp？它包含多少个线程？", "input": "", "output": "warp 是 32 个线程的调度单位。"},
@@ -19,6 +21,10 @@ EXAM = [
     {"instruction": "共享内存 bank 冲突是如何产生的？", "input": "", "output": "多个线程访问同一 bank 的不同地址。"},
     {"instruction": "线程块的最大线程数是多少？", "input": "", "output": "当前架构上是 1024 个线程。"},
 ]
+
+
+def load_exam(path: Path, limit: int | None = None):
+    return exam_items(read_records(path), limit)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -46,7 +52,7 @@ def test_load_exam_reads_alpaca_and_question_answer_records(tmp_path: Path) -> N
 def test_bad_records_name_the_file_and_line(tmp_path: Path, bad_line: str, message: str) -> None:
     path = tmp_path / "exam.jsonl"
     path.write_text('{"instruction": "q", "output": "a"}\n\n' + bad_line + "\n", encoding="utf-8")
-    with pytest.raises(ExamFormatError) as error:
+    with pytest.raises(DatasetFormatError) as error:
         load_exam(path)
     assert f"{path}:3" in str(error.value) and message in str(error.value)
 

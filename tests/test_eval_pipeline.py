@@ -10,9 +10,10 @@ import typer
 from eval_helpers import model_dir_for_eval, quiet_console, write_jsonl
 from typer.testing import CliRunner
 
+from qaforge.dataset import read_records
 from qaforge.evaluate.collect import collect_from_model, pick_backend, question_as_answer
 from qaforge.evaluate.command import eval as eval_command
-from qaforge.evaluate.exam import load_exam
+from qaforge.evaluate.exam import exam_items
 from qaforge.evaluate.plot import build_figure
 from qaforge.evaluate.run import evaluate
 from qaforge.evaluate.scoring import reference_tokens_of, score_samples, summarize
@@ -106,7 +107,7 @@ def test_native_engine_matches_hf_fallback_when_available(eval_model_dir: Path) 
 def test_question_as_answer_scores_higher_on_the_course_metric_on_real_data() -> None:
     if not SHARED_QA.exists():
         pytest.skip(f"shared seed data not found at {SHARED_QA}")
-    items = load_exam(SHARED_QA, limit=60)
+    items = exam_items(read_records(SHARED_QA), limit=60)
     baseline = question_as_answer([item.question for item in items])
     metrics = summarize(items, baseline, score_samples(items, baseline, reference_tokens_of(items)))["metrics"]
     # Questions repeat the answers' English terms, which is all the course metric sees.

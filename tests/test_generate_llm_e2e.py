@@ -16,6 +16,7 @@ import pytest
 
 from qaforge.generate.filters import RULES
 from qaforge.generate.llm_client import LLMOptions
+from qaforge.generate.progress import PROGRESS_KEYS
 from qaforge.generate.pipeline import generate_dataset
 from qaforge.testing.fault_llm_server import FaultConfig, FaultLLMServer
 
@@ -107,3 +108,6 @@ def test_sigkill_and_resume_gives_the_uninterrupted_dataset(tmp_path):
     assert len(keys) == len(set(keys))                  # nothing asked twice, nothing lost
     report = json.loads((resumed / "report.json").read_text())
     assert report["planner"]["calls_reused"] >= 12
+    progress = json.loads((resumed / "progress.json").read_text())
+    assert set(progress) == set(PROGRESS_KEYS) and progress["status"] == "complete"
+    assert progress["accepted"] == progress["target"] == 80 and progress["calls_journaled"] == len(keys)

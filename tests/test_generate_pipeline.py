@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from qaforge.generate.pipeline import generate_dataset
-from qaforge.generate.records import DatasetFormatError, load_records
+from qaforge.dataset import DatasetFormatError, read_records
+from qaforge.generate.progress import PROGRESS_KEYS
 from qaforge.textnorm import jaccard, normalize, shingles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,10 @@ def test_report_counts_match_files(rules_run):
     assert len(train) + len(exam) + report["split"]["dropped_from_train"] == len(records)
     assert json.loads((out / "report.json").read_text())["dataset"]["total"] == len(records)
     assert "| easy |" in (out / "report.md").read_text(encoding="utf-8")
-    assert json.loads((out / "progress.json").read_text())["status"] == "complete"
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["status"] == "complete"
+    assert set(progress) == set(PROGRESS_KEYS) and progress["accepted"] == len(records)
+    assert sum(sum(row["accepted"].values()) for row in progress["chapters"].values()) == len(records)
     record = records[0]
     assert set(record) == {"id", "question", "answer", "difficulty", "chapter", "chapter_title", "topic",
                            "source", "generator", "model"}
@@ -84,6 +88,18 @@ def test_rerun_is_idempotent_and_seed_changes_exam(rules_run, tmp_path):
     assert (other / "exam.jsonl").read_bytes() != before["exam.jsonl"]
 
 
+def test_every_written_file_reads_back_through_qaforge_dataset(rules_run):
+    out, _ = rules_run
+    qa = read_records(out / "qa.json")
+    assert [r.to_dict() for r in qa] == json.loads((out / "qa.json").read_text(encoding="utf-8"))
+    for split in ("train", "exam"):
+        alpaca = read_records(out / f"{split}.jsonl")
+        assert {r.id for r in alpaca} <= {r.id for r in qa}
+        for fmt in ("sharegpt", "chatml"):
+            other = read_records(out / f"{split}_{fmt}.jsonl")
+            assert [(r.question, r.answer) for r in other] == [(r.question, r.answer) for r in alpaca], fmt
+
+
 def test_llamafactory_loads_dataset_info(rules_run):
     """dataset_info.json + train.jsonl load with `datasets` using LLaMA-Factory's alpaca column mapping."""
     from datasets import load_dataset
@@ -119,11 +135,11 @@ def test_malformed_earlier_run_names_file_and_line(tmp_path):
     bad = tmp_path / "old.jsonl"
     bad.write_text('{"question": "a", "answer": "b", "difficulty": "easy", "chapter": 1}\n{oops\n')
     with pytest.raises(DatasetFormatError, match=r"old\.jsonl:2"):
-        load_records(bad)
+        read_records(bad)
     wrong = tmp_path / "old2.jsonl"
     wrong.write_text('{"question": "a", "answer": "b", "difficulty": "trivial", "chapter": 1}\n')
     with pytest.raises(DatasetFormatError, match=r"old2\.jsonl:1: difficulty"):
-        load_records(wrong)
+        read_records(wrong)
 
 
 def test_exam_too_large_is_refused(tmp_path):

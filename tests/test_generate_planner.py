@@ -7,7 +7,7 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qaforge.corpus import Chapter
+from qaforge.generate.corpus import Chapter
 from qaforge.generate.planner import chapter_targets, difficulty_targets
 from qaforge.generate.split import stratum_quotas
 
@@ -22,7 +22,7 @@ def test_difficulty_targets_are_50_30_20_within_one(total):
 
 def test_chapter_targets_precedence():
     chapters = [Chapter(1, "Intro"), Chapter(4, "Memory", target=33), Chapter(99, "Extra")]
-    assert chapter_targets(chapters, None, 42) == {1: 60, 4: 33, 99: 42}   # seed table, map, default
+    assert chapter_targets(chapters, None, 42) == {1: 60, 4: 33, 99: 42}   # PMPP table, map, default
     assert chapter_targets(chapters, {1: 7}, 42) == {1: 7, 4: 33, 99: 42}
     assert chapter_targets(chapters, {1: 7}, 42, uniform=10) == {1: 10, 4: 10, 99: 10}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qaforge.corpus import chunk_corpus, load_corpus, read_text
+from qaforge.generate.corpus import chunk_corpus, load_corpus, read_text
 from qaforge.generate.rules import generate_rules_qa
 
 REPO = Path(__file__).resolve().parents[1]

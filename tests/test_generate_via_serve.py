@@ -19,7 +19,7 @@ def test_generate_through_qaforge_serve(tiny_model_dir, tmp_path):
     source = sorted(DEFAULT_CORPUS_DIR.glob("ch0*.md"))[0]
     (corpus / source.name).write_text(source.read_text(encoding="utf-8")[:3000], encoding="utf-8")
     # The few-shot prompt with a 3,000-character chunk is ~2,400 tiny-tokenizer tokens: widen the
-    # server's context beyond the seed's 512.
+    # server's context beyond its default of 512.
     with running_server(str(tiny_model_dir), engine="native",
                         args=["--max-tokens", "64", "--max-model-len", "4096"]) as base_url:
         options = LLMOptions(base_url=f"{base_url}/v1", api_key="EMPTY", model=str(tiny_model_dir),

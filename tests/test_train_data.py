@@ -8,7 +8,8 @@ import pytest
 import torch
 from train_helpers import qa_files, random_model_dir  # noqa: F401 - fixtures
 
-from qaforge.train.data import IGNORE_INDEX, ChatEncoder, SFTCollator, load_qa_records
+from qaforge.dataset import QARecord, read_records
+from qaforge.train.data import IGNORE_INDEX, ChatEncoder, SFTCollator
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,6 @@ def test_truncation_keeps_prompt_and_drops_hopeless_samples(tokenizer):
 
 
 def load_qa_records_like(pairs):
-    from qaforge.train.data import QARecord
     return [QARecord(q, a) for q, a in pairs]
 
 
@@ -66,18 +66,18 @@ def test_bad_dataset_lines_fail_with_line_numbers(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:2"):
-        load_qa_records(path)
+        read_records(path)
     path.write_text(json.dumps({"instruction": "q"}) + "\n")
     with pytest.raises(ValueError, match="answer"):
-        load_qa_records(path)
+        read_records(path)
     with pytest.raises(FileNotFoundError):
-        load_qa_records(tmp_path / "missing.jsonl")
+        read_records(tmp_path / "missing.jsonl")
 
 
 def test_alpaca_input_joins_instruction_and_difficulty_is_kept(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text(json.dumps({"instruction": "Explain", "input": "warps", "output": "x", "difficulty": "hard"}) + "\n")
-    (record,) = load_qa_records(path)
+    (record,) = read_records(path)
     assert record.question == "Explain\nwarps" and record.difficulty == "hard"
 
 
@@ -94,7 +94,7 @@ def test_packed_and_unpacked_per_sample_losses_are_equal(random_model_dir, qa_fi
     from qaforge.train.fast import register_varlen_attention
 
     encoder = ChatEncoder(tokenizer, max_seq_len=256)
-    samples, _ = encoder.encode_records(load_qa_records(qa_files[0])[:6])
+    samples, _ = encoder.encode_records(read_records(qa_files[0])[:6])
     features = [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
     assert len({len(f["input_ids"]) for f in features}) > 1, "need different lengths to exercise padding"
     padded = SFTCollator(tokenizer.pad_token_id, packing=False)(features)

@@ -51,10 +51,11 @@ def test_optimized_path_loss_and_grads_equal_plain_path(random_model_dir, qa_fil
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from qaforge.train import fast
-    from qaforge.train.data import ChatEncoder, SFTCollator, load_qa_records
+    from qaforge.dataset import read_records
+    from qaforge.train.data import ChatEncoder, SFTCollator
 
     tokenizer = AutoTokenizer.from_pretrained(random_model_dir)
-    samples, _ = ChatEncoder(tokenizer, max_seq_len=256).encode_records(load_qa_records(qa_files[0])[:5])
+    samples, _ = ChatEncoder(tokenizer, max_seq_len=256).encode_records(read_records(qa_files[0])[:5])
     features = [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
     lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],

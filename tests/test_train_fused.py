@@ -24,10 +24,11 @@ def family_dir(request):
 def _features(model_dir, qa_path, n=5):
     from transformers import AutoTokenizer
 
-    from qaforge.train.data import ChatEncoder, load_qa_records
+    from qaforge.dataset import read_records
+    from qaforge.train.data import ChatEncoder
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    samples, _ = ChatEncoder(tokenizer, max_seq_len=256).encode_records(load_qa_records(qa_path)[:n])
+    samples, _ = ChatEncoder(tokenizer, max_seq_len=256).encode_records(read_records(qa_path)[:n])
     return tokenizer, [{"input_ids": s.input_ids, "labels": s.labels} for s in samples]
 
 

@@ -62,7 +62,7 @@ def eval(  # noqa: A001 - the command is called "eval"
         raise typer.BadParameter("must be auto, native or hf", param_hint="--backend")
     if endpoint_api not in ("auto", "openai", "predict"):
         raise typer.BadParameter("must be auto, openai or predict", param_hint="--endpoint-api")
-    from qaforge.evaluate.exam import ExamFormatError
+    from qaforge.dataset import DatasetFormatError
     from qaforge.evaluate.run import evaluate
 
     try:
@@ -71,6 +71,6 @@ def eval(  # noqa: A001 - the command is called "eval"
                  device=device, endpoint_api=endpoint_api, endpoint_model=endpoint_model,  # type: ignore[arg-type]
                  tokenizer=tokenizer, concurrency=concurrency, repetition_penalty=repetition_penalty,
                  **({} if system_prompt is None else {"system_prompt": system_prompt or None}))
-    except (ExamFormatError, FileNotFoundError) as exc:
+    except (DatasetFormatError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from datasketch import MinHash, MinHashLSH
 
-from qaforge.evaluate.exam import ExamItem, load_exam
+from qaforge.dataset import NEAR_DUPLICATE_THRESHOLD, read_records
+from qaforge.evaluate.exam import ExamItem
 from qaforge.textnorm import jaccard, normalize, shingles
 
 NUM_PERM = 64
@@ -74,11 +75,12 @@ def _find_overlaps(exam_texts: list[str], train_texts: list[str], field: str,
     return found
 
 
-def check_contamination(exam: list[ExamItem], train_path: Path, threshold: float = 0.7) -> dict:
+def check_contamination(exam: list[ExamItem], train_path: Path,
+                        threshold: float = NEAR_DUPLICATE_THRESHOLD) -> dict:
     """Overlaps between the exam and a train file; `contaminated` is True when any question or answer leaks."""
-    train = load_exam(train_path)
+    train = read_records(train_path)
     overlaps = (_find_overlaps([x.question for x in exam], [x.question for x in train], "question", threshold)
-                + _find_overlaps([x.reference for x in exam], [x.reference for x in train], "answer", threshold))
+                + _find_overlaps([x.reference for x in exam], [x.answer for x in train], "answer", threshold))
     leaked = sorted({o.exam_index for o in overlaps})
     return {
         "train_file": str(train_path),

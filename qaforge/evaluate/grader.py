@@ -19,9 +19,10 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from qaforge.dataset import read_records
 from qaforge.evaluate.collect import Answer, Collection
 from qaforge.evaluate.endpoint import TokenCounter
-from qaforge.evaluate.exam import load_exam
+from qaforge.evaluate.exam import exam_items
 from qaforge.evaluate.scoring import reference_tokens_of, score_samples, summarize
 
 HEALTH_BUDGET_S = 420.0
@@ -118,7 +119,7 @@ def simulate_grader(url: str, data: Path, limit: int | None = None, chunk_size: 
         raise ValueError(f"mode must be auto, batch or ok, got {mode!r}")
     console = console or Console()
     url = url.rstrip("/")
-    items = load_exam(data, limit)
+    items = exam_items(read_records(data), limit)
     questions = [item.question for item in items]
     checks: list[dict[str, str]] = []
     result: dict[str, Any] = {"url": url, "data": str(data), "n": len(items), "repeat": repeat, "checks": checks}

@@ -16,11 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from qaforge.chat import DEFAULT_SYSTEM_PROMPT
+from qaforge.dataset import read_records
 from qaforge.evaluate.collect import Backend, Collection, collect_from_model, question_as_answer
 from qaforge.evaluate.contamination import check_contamination, contamination_headline
 from qaforge.evaluate.course_metric import WHAT_IT_IGNORES
 from qaforge.evaluate.endpoint import Api, collect_from_endpoint
-from qaforge.evaluate.exam import load_exam
+from qaforge.evaluate.exam import exam_items
 from qaforge.evaluate.plot import plot_rouge
 from qaforge.evaluate.report import METRIC_NOTE, render_report
 from qaforge.evaluate.scoring import reference_tokens_of, score_samples, summarize
@@ -70,7 +71,7 @@ def evaluate(data: Path, out_dir: Path, model: str | None = None, endpoint: str 
     """Evaluate `model` and/or `endpoint` on the exam in `data`; returns what eval_results.json holds."""
     console = console or Console()
     data, out_dir = Path(data), Path(out_dir)
-    items = load_exam(data, limit)
+    items = exam_items(read_records(data), limit)
     questions = [item.question for item in items]
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -1,6 +1,7 @@
 """`qaforge generate`: textbook -> QA dataset (offline rules or any OpenAI-compatible LLM API).
 
-Only stdlib and typer at module top, so `qaforge --help` stays fast; the work is imported on call.
+Only stdlib, typer and the light `qaforge.dataset` at module top, so `qaforge --help` stays fast; the work
+is imported on call.
 Run standalone too: `python -m qaforge.generate.command --corpus data/corpus --out runs/data`.
 """
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from qaforge.dataset import NEAR_DUPLICATE_THRESHOLD
 
 
 def _parse_targets(text: Optional[str]) -> Optional[dict[int, int]]:
@@ -36,7 +39,7 @@ def generate(
     overlap: Annotated[int, typer.Option(help="Characters of trailing sentences repeated at the next chunk's start.")] = 200,
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "qaforge",
     dedup_against: Annotated[Optional[list[Path]], typer.Option(help="qa.json/JSONL of earlier runs whose questions must not repeat.")] = None,
-    near_threshold: Annotated[float, typer.Option(help="Character 3-gram Jaccard at which two questions are near duplicates.")] = 0.7,
+    near_threshold: Annotated[float, typer.Option(help="Character 3-gram Jaccard at which two questions are near duplicates.")] = NEAR_DUPLICATE_THRESHOLD,
     api_base: Annotated[Optional[str], typer.Option(help="LLM API base URL [env: OPENAI_BASE_URL, QAFORGE_GEN_BASE_URL].")] = None,
     api_key: Annotated[Optional[str], typer.Option(help="LLM API key [env: OPENAI_API_KEY, QAFORGE_GEN_API_KEY].")] = None,
     model: Annotated[Optional[str], typer.Option(help="Model name [env: QAFORGE_GEN_MODEL; default qwen-max].")] = None,
@@ -44,7 +47,7 @@ def generate(
     timeout: Annotated[float, typer.Option(help="Seconds before one request times out (then retried).")] = 120.0,
     max_retries: Annotated[int, typer.Option(help="Retries per request on 429/5xx/timeouts (backoff + jitter, honours Retry-After).")] = 6,
     questions_per_call: Annotated[int, typer.Option(help="QA pairs asked for in one request.")] = 5,
-    target_per_chapter: Annotated[Optional[int], typer.Option(help="Same target for every chapter (overrides the seed table).")] = None,
+    target_per_chapter: Annotated[Optional[int], typer.Option(help="Same target for every chapter (overrides the chapter map and the PMPP table).")] = None,
     targets: Annotated[Optional[str], typer.Option(help="Per-chapter targets, e.g. '1=60,2=80'.")] = None,
     max_rounds: Annotated[int, typer.Option(help="Rounds of re-asking where a difficulty falls short.")] = 6,
     response_format: Annotated[str, typer.Option(help="auto | json_schema | json_object | none.")] = "auto",
@@ -58,7 +61,7 @@ def generate(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate a QA dataset from a textbook; prints a summary table and writes report.json/report.md."""
-    from qaforge.corpus import CorpusError
+    from qaforge.generate.corpus import CorpusError
     from qaforge.generate.pipeline import generate_dataset
 
     llm = None

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from datasketch import MinHash, MinHashLSH
 
+from qaforge.dataset import NEAR_DUPLICATE_THRESHOLD
 from qaforge.textnorm import jaccard, normalize, shingles
 
 NUM_PERM = 128
 CANDIDATE_SLACK = 0.25   # LSH candidate threshold = threshold - slack
-DEFAULT_NEAR_THRESHOLD = 0.7   # the evaluator's contamination check uses 0.7 on character bigrams
 
 
 _TEMPLATE = MinHash(num_perm=NUM_PERM, seed=1)      # generating permutations is the costly part
@@ -30,7 +30,7 @@ def _minhash(grams: set[str]) -> MinHash:
 class DedupIndex:
     """Remembers texts; `check` says whether a new text duplicates one of them."""
 
-    def __init__(self, threshold: float = DEFAULT_NEAR_THRESHOLD, ngram: int = 3) -> None:
+    def __init__(self, threshold: float = NEAR_DUPLICATE_THRESHOLD, ngram: int = 3) -> None:
         self.threshold = threshold
         self.ngram = ngram
         self._exact: dict[str, str] = {}

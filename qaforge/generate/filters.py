@@ -26,7 +26,8 @@ DEFAULT_KEYWORDS = DOMAINS_DIR / "gpu_cuda_keywords.txt"
 DEFAULT_LEAKAGE = DOMAINS_DIR / "leakage_phrases.txt"
 RULES = ("format", "same_as_question", "leakage", "length", "terminology", "grounding")
 
-# Seed averages are easy 120, medium 180, hard 250 characters; bounds leave room on both sides.
+# The original course project aimed at average answers of easy 120, medium 180, hard 250 characters
+# (its data came out longer); the bounds leave room on both sides.
 DEFAULT_ANSWER_BOUNDS = {"easy": (30, 500), "medium": (50, 800), "hard": (80, 2000)}
 QUESTION_BOUNDS = (6, 300)
 

@@ -55,7 +55,7 @@ class LLMOptions:
     response_format: str = "auto"          # auto: try json_schema, fall back when the server rejects it
     questions_per_call: int = 5
     max_rounds: int = 6
-    targets: dict[int, int] | None = None  # chapter -> target; else chapter map, seed table, default_target
+    targets: dict[int, int] | None = None  # chapter -> target; else chapter map, PMPP table, default_target
     target_per_chapter: int | None = None  # one target for every chapter (overrides all of the above)
     default_target: int = 60
     prompt_dir: Path | None = None

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
 from qaforge.chat import DEFAULT_SYSTEM_PROMPT
-from qaforge.corpus import Chunk, chunk_corpus, load_corpus
-from qaforge.generate.dedup import DEFAULT_NEAR_THRESHOLD, DedupIndex
-from qaforge.generate.export import export_dataset, write_json, write_jsonl
-from qaforge.generate.records import QARecord, load_records
+from qaforge.dataset import NEAR_DUPLICATE_THRESHOLD, QARecord, read_records, write_dataset, write_jsonl
+from qaforge.generate.corpus import Chunk, chunk_corpus, load_corpus
+from qaforge.generate.dedup import DedupIndex
+from qaforge.generate.progress import write_progress
 from qaforge.generate.report import dataset_stats, print_summary, write_report
 from qaforge.generate.split import split_exam
 
@@ -23,8 +24,6 @@ GENERATORS = ("rules", "llm")
 
 
 def _rules_records(chunks: list[Chunk], show_progress: bool) -> tuple[list[QARecord], dict[str, int]]:
-    from collections import Counter
-
     from tqdm import tqdm
 
     from qaforge.generate.rules import generate_rules_qa
@@ -61,7 +60,7 @@ def dedup_records(records: list[QARecord], earlier: list[QARecord],
 def generate_dataset(corpus: Path, out_dir: Path, generator: str = "rules", exam_size: int = 193,
                      seed: int = 0, *, chapter_map: Path | None = None, chunk_size: int = 3500,
                      overlap: int = 200, dataset_name: str = "qaforge",
-                     near_threshold: float = DEFAULT_NEAR_THRESHOLD, dedup_against: Sequence[Path] = (),
+                     near_threshold: float = NEAR_DUPLICATE_THRESHOLD, dedup_against: Sequence[Path] = (),
                      system_prompt: str = DEFAULT_SYSTEM_PROMPT, llm: Any = None,
                      show_progress: bool = True, print_table: bool = True) -> dict[str, Any]:
     """Generate a QA dataset from `corpus` into `out_dir`; returns the report dict (also report.json).
@@ -81,7 +80,7 @@ def generate_dataset(corpus: Path, out_dir: Path, generator: str = "rules", exam
     write_jsonl(out_dir / "chunks.jsonl", ({"chunk_id": c.chunk_id, "chapter": c.chapter, "section": c.section,
                                              "file": c.source, "char_start": c.char_start,
                                              "char_end": c.char_end, "chars": len(c.text)} for c in chunks))
-    earlier = [r for path in dedup_against for r in load_records(Path(path))]
+    earlier = [r for path in dedup_against for r in read_records(path)]
     titles = {c.number: c.title for c in chapters}
     report: dict[str, Any] = {"generator": generator, "model": "", "corpus": str(corpus), "seed": seed,
                               "chapters": len(chapters), "chunks": len(chunks)}
@@ -90,9 +89,7 @@ def generate_dataset(corpus: Path, out_dir: Path, generator: str = "rules", exam
         records, fired = _rules_records(chunks, show_progress)
         records, duplicates = dedup_records(records, earlier, near_threshold)
         report.update(rules_fired=fired, duplicates=duplicates)
-        write_json(out_dir / "progress.json", {"status": "complete", "generator": "rules",
-                                               "chunks_done": len(chunks), "chunks_total": len(chunks),
-                                               "accepted": len(records)})
+        write_progress(out_dir, "complete", "rules", 0, Counter((r.chapter, r.difficulty) for r in records), started)
     else:
         from qaforge.generate.llm_pipeline import run_llm_generation
 
@@ -105,7 +102,7 @@ def generate_dataset(corpus: Path, out_dir: Path, generator: str = "rules", exam
                       usage=result.usage, planner=result.planner)
 
     split = split_exam(records, exam_size, seed, near_threshold)
-    files = export_dataset(out_dir, records, split.train, split.exam, dataset_name, system_prompt)
+    files = write_dataset(out_dir, records, split.train, split.exam, dataset_name, system_prompt)
     report.update(
         dataset=dataset_stats(records, titles, targets),
         split={"train": len(split.train), "exam": len(split.exam),

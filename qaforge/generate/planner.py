@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from qaforge.corpus import Chapter, Chunk, load_chapter_map
-from qaforge.generate.records import DIFFICULTIES
+from qaforge.generate.corpus import Chapter, Chunk, load_chapter_map
+from qaforge.dataset import DIFFICULTIES
 
-SEED_CHAPTER_MAP = Path(__file__).with_name("chapter_maps") / "pmpp.yaml"
+PMPP_CHAPTER_MAP = Path(__file__).with_name("chapter_maps") / "pmpp.yaml"
 DIFFICULTY_SHARES = {"easy": 0.5, "medium": 0.3, "hard": 0.2}
 
 
@@ -27,8 +27,9 @@ def difficulty_targets(total: int) -> dict[str, int]:
 
 def chapter_targets(chapters: list[Chapter], overrides: dict[int, int] | None,
                     default_target: int, uniform: int | None = None) -> dict[int, int]:
-    """Target per chapter: uniform > explicit override > chapter map > the seed's table (by number) > default."""
-    seed_table = {e["number"]: e["target"] for e in load_chapter_map(SEED_CHAPTER_MAP)}
+    """Target per chapter: uniform > explicit override > chapter map > the original course
+    project's PMPP table (`chapter_maps/pmpp.yaml`, by number) > default."""
+    pmpp_table = {e["number"]: e["target"] for e in load_chapter_map(PMPP_CHAPTER_MAP)}
     targets = {}
     for chapter in chapters:
         if uniform is not None:
@@ -38,7 +39,7 @@ def chapter_targets(chapters: list[Chapter], overrides: dict[int, int] | None,
         elif chapter.target is not None:
             targets[chapter.number] = chapter.target
         else:
-            targets[chapter.number] = seed_table.get(chapter.number, default_target)
+            targets[chapter.number] = pmpp_table.get(chapter.number, default_target)
     return targets
 
 

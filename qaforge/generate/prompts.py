@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from qaforge.corpus import Chunk
-from qaforge.generate.records import DIFFICULTIES
+from qaforge.generate.corpus import Chunk
+from qaforge.dataset import DIFFICULTIES
 
 DEFAULT_PROMPT_DIR = Path(__file__).with_name("prompts")
 PLACEHOLDERS = ("chapter", "chapter_title", "section", "count", "chunk", "examples", "avoid", "difficulty")

@@ -1,5 +1,6 @@
-"""report.json / report.md and the final rich summary table: the seed's statistics for a run
-(counts per chapter x difficulty, average lengths, rejections per rule, duplicates, tokens, cost, time).
+"""report.json / report.md and the final rich summary table: the statistics the original course project
+gave for its dataset (counts per chapter x difficulty, average lengths), plus rejections per rule,
+duplicates, tokens, cost and time.
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from qaforge.generate.export import write_atomic, write_json
-from qaforge.generate.records import DIFFICULTIES, QARecord
+from qaforge.dataset import DIFFICULTIES, QARecord, write_atomic, write_json
 
 
 def dataset_stats(records: list[QARecord], titles: dict[int, str],

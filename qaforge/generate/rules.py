@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from qaforge.corpus import Chunk, text_units
+from qaforge.generate.corpus import Chunk, text_units
 
 TEMPLATES_FILE = Path(__file__).with_name("rules_templates.yaml")
 

@@ -12,8 +12,8 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 
-from qaforge.generate.dedup import DEFAULT_NEAR_THRESHOLD, DedupIndex
-from qaforge.generate.records import QARecord
+from qaforge.dataset import DIFFICULTIES, NEAR_DUPLICATE_THRESHOLD, QARecord
+from qaforge.generate.dedup import DedupIndex
 
 
 @dataclass
@@ -37,7 +37,7 @@ def stratum_quotas(sizes: dict[tuple[int, str], int], total: int) -> dict[tuple[
 
 
 def split_exam(records: list[QARecord], exam_size: int, seed: int = 0,
-               threshold: float = DEFAULT_NEAR_THRESHOLD) -> Split:
+               threshold: float = NEAR_DUPLICATE_THRESHOLD) -> Split:
     if exam_size < 0:
         raise ValueError(f"exam_size must be >= 0, got {exam_size}")
     if exam_size > len(records) // 2:
@@ -75,5 +75,5 @@ def split_exam(records: list[QARecord], exam_size: int, seed: int = 0,
             train.append(record)
         else:
             dropped.append((record, f"{field} {verdict[0]} duplicate of exam {verdict[1]}"))
-    exam.sort(key=lambda r: (r.chapter, ["easy", "medium", "hard"].index(r.difficulty), r.id))
+    exam.sort(key=lambda r: (r.chapter, DIFFICULTIES.index(r.difficulty), r.id))
     return Split(train, exam, dropped)

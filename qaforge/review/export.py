@@ -1,5 +1,5 @@
 """`qaforge review DIR --export OUT`: the dataset with people's edits applied and rejected items removed,
-written by the project's dataset writer (`qaforge.generate.export.export_dataset`), so OUT is a dataset
+written by the project's dataset writer (`qaforge.dataset.write_dataset`), so OUT is a dataset
 folder like any other (qa.json, train/exam JSONL in three formats, dataset_info.json).
 
 Train/exam membership comes from DIR's train.jsonl / exam.jsonl: each alpaca line is matched to its qa.json
@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qaforge.generate.export import export_dataset, write_json
-from qaforge.generate.records import QARecord
+from qaforge.dataset import QARecord, write_dataset, write_json
 from qaforge.review.items import ReviewInputError, load_review_set
 from qaforge.review.journal import JOURNAL_NAME, REJECTED, read_journal
 
@@ -56,8 +55,8 @@ def export_reviewed(folder: Path, out: Path, journal: Path | None = None) -> dic
                                    answer=item.answer or record.answer)
 
     kept = {i: r for i, r in ((i, reviewed(r)) for i, r in review.records.items()) if r is not None}
-    files = export_dataset(out, list(kept.values()), [kept[i] for i in train_ids if i in kept],
-                           [kept[i] for i in exam_ids if i in kept])
+    files = write_dataset(out, list(kept.values()), [kept[i] for i in train_ids if i in kept],
+                          [kept[i] for i in exam_ids if i in kept])
     removed = sorted(set(review.records) - set(kept))
     edited = sorted(i for i, s in state.items.items() if i in kept and (s.question or s.answer) is not None)
     summary = {"source": str(folder), "records": len(kept), "removed": removed, "edited": edited,

@@ -2,8 +2,7 @@
 chunk (text read back from the corpus through chunks.jsonl's offsets), the answer's overlapping spans in
 that chunk, and the judge's scores from judge.jsonl when `qaforge judge` has run.
 
-Dataset files are read with the project's dataset reader (`qaforge.generate.records.load_records`; it moves
-to `qaforge/dataset.py`, and this import follows it there).
+Dataset files are read with the project's dataset reader (`qaforge.dataset.read_records`).
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qaforge.corpus import read_text
-from qaforge.generate.records import DIFFICULTIES, DatasetFormatError, QARecord, load_records
+from qaforge.dataset import DIFFICULTIES, DatasetFormatError, QARecord, read_records
+from qaforge.generate.corpus import read_text
 from qaforge.generate.split import stratum_quotas
 
 HIGHLIGHT_GRAM = 4        # shared runs are found through 4-character grams (a Chinese word is 2-4 characters)
@@ -138,7 +137,7 @@ def load_review_set(folder: Path, n: int = 50, seed: int = 0, corpus: Path | Non
     if not qa.is_file():
         raise ReviewInputError(f"{folder}: no qa.json (run `qaforge generate --out {folder}` first)")
     try:
-        records = load_records(qa)
+        records = read_records(qa)
     except DatasetFormatError as exc:
         raise ReviewInputError(str(exc)) from exc
     if not records:

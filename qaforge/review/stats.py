@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qaforge.generate.export import write_atomic, write_json
+from qaforge.dataset import write_atomic, write_json
 from qaforge.review.journal import VERDICTS, ReviewState
 
 Z95 = 1.959963984540054

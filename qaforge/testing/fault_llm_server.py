@@ -36,7 +36,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from qaforge.corpus import split_sentences
+from qaforge.generate.corpus import split_sentences
 
 _SOURCE = re.compile(r"<source>\s*(.*?)\s*</source>", re.DOTALL)
 _DIFFICULTY = re.compile(r"difficulty\W+(easy|medium|hard)", re.IGNORECASE)

@@ -1,4 +1,5 @@
-"""SFT data: QA records -> Qwen3 chat tokens with assistant-only labels -> padded or packed batches.
+"""SFT data: QA records (read by `qaforge.dataset`) -> Qwen3 chat tokens with assistant-only labels ->
+padded or packed batches.
 
 Tokenisation (what the model sees, exactly what `qaforge.chat.render_prompt` feeds it at serve time):
 
@@ -19,63 +20,14 @@ consume. Samples never attend to each other, so every sample's loss equals its u
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from qaforge.chat import DEFAULT_SYSTEM_PROMPT, build_messages, render_prompt
+from qaforge.dataset import QARecord
 
 IGNORE_INDEX = -100
-_QUESTION_KEYS = ("instruction", "question", "prompt")
-_ANSWER_KEYS = ("output", "answer", "response")
-
-
-@dataclass(frozen=True)
-class QARecord:
-    question: str
-    answer: str
-    difficulty: str = "unknown"
-    chapter: Any = None
-
-
-def load_qa_records(path: str | Path) -> list[QARecord]:
-    """Read alpaca jsonl (`instruction`, `input`, `output`) or `{question, answer}` lines / a JSON list.
-
-    Bad input fails with the file and line number, never silently.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"dataset not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    rows: list[tuple[int, Any]] = []
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        rows = list(enumerate(json.loads(text), start=1))
-    else:
-        for line_no, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc.msg})") from None
-    records = []
-    for line_no, row in rows:
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-        question = next((row[k] for k in _QUESTION_KEYS if row.get(k)), None)
-        answer = next((row[k] for k in _ANSWER_KEYS if row.get(k)), None)
-        if not isinstance(question, str) or not isinstance(answer, str):
-            raise ValueError(f"{path}:{line_no}: needs a non-empty question ({'/'.join(_QUESTION_KEYS)}) "
-                             f"and answer ({'/'.join(_ANSWER_KEYS)}) string")
-        extra = row.get("input") or ""
-        if extra:  # alpaca: instruction + input form the user turn, as LLaMA-Factory joins them
-            question = f"{question}\n{extra}"
-        records.append(QARecord(question, answer, str(row.get("difficulty") or "unknown"), row.get("chapter")))
-    if not records:
-        raise ValueError(f"{path}: no QA records")
-    return records
 
 
 @dataclass

@@ -31,7 +31,8 @@ import torch
 from transformers import AutoTokenizer, TrainerCallback, set_seed
 
 from qaforge.modeling import pick_device, pick_dtype, resolve_model_path, torch_dtype
-from qaforge.train.data import ChatEncoder, load_qa_records, split_validation
+from qaforge.dataset import read_records
+from qaforge.train.data import ChatEncoder, split_validation
 from qaforge.train.dist import world_size
 from qaforge.train.loop import fit, plan_steps
 from qaforge.train.model import build_model, save_merged
@@ -92,8 +93,8 @@ def encode_splits(config: TrainConfig, tokenizer: Any) -> tuple[list, list, dict
     else `val_fraction` of train."""
     if not config.data:
         raise ValueError("no training data: set `data` (a train.jsonl in alpaca format)")
-    train_records = load_qa_records(config.data)
-    exam_records = load_qa_records(config.exam) if config.exam else []
+    train_records = read_records(config.data)
+    exam_records = read_records(config.exam) if config.exam else []
     if config.train_on_exam:
         if not exam_records:
             raise ValueError("train_on_exam=true needs an exam split (--exam)")
