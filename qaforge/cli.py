@@ -12,6 +12,7 @@ from qaforge.bench.command import bench
 from qaforge.evaluate.command import eval as eval_command
 from qaforge.generate.command import generate
 from qaforge.gguf_command import convert
+from qaforge.split_command import split
 from qaforge.judge.command import judge
 from qaforge.review.command import review
 from qaforge.serve.command import serve
@@ -25,6 +26,7 @@ app.command("eval")(eval_command)
 app.command("serve")(serve)
 app.command("bench")(bench)
 app.command("convert")(convert)
+app.command("split")(split)
 app.command("review")(review)
 app.command("judge")(judge)
 

@@ -36,6 +36,16 @@ def stratum_quotas(sizes: dict[tuple[int, str], int], total: int) -> dict[tuple[
     return quotas
 
 
+def _stratum(record: QARecord) -> tuple[int, str]:
+    # chapter None (unknown) sorts first; difficulty "unknown" is a stratum of its own
+    return (-1 if record.chapter is None else record.chapter, record.difficulty)
+
+
+def _exam_order(record: QARecord) -> tuple:
+    rank = DIFFICULTIES.index(record.difficulty) if record.difficulty in DIFFICULTIES else len(DIFFICULTIES)
+    return (-1 if record.chapter is None else record.chapter, rank, record.id)
+
+
 def split_exam(records: list[QARecord], exam_size: int, seed: int = 0,
                threshold: float = NEAR_DUPLICATE_THRESHOLD) -> Split:
     if exam_size < 0:
@@ -45,7 +55,7 @@ def split_exam(records: list[QARecord], exam_size: int, seed: int = 0,
                          f"generate more data or ask for a smaller exam")
     strata: dict[tuple[int, str], list[QARecord]] = defaultdict(list)
     for record in sorted(records, key=lambda r: r.id):
-        strata[(record.chapter, record.difficulty)].append(record)
+        strata[_stratum(record)].append(record)
     quotas = stratum_quotas({k: len(v) for k, v in strata.items()}, exam_size)
     rng = random.Random(seed)
     exam: list[QARecord] = []
@@ -75,5 +85,5 @@ def split_exam(records: list[QARecord], exam_size: int, seed: int = 0,
             train.append(record)
         else:
             dropped.append((record, f"{field} {verdict[0]} duplicate of exam {verdict[1]}"))
-    exam.sort(key=lambda r: (r.chapter, DIFFICULTIES.index(r.difficulty), r.id))
+    exam.sort(key=_exam_order)
     return Split(train, exam, dropped)
