@@ -7,6 +7,7 @@ or transformers at module level, so `qaforge --help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -77,9 +78,37 @@ def _dequantize_kwargs() -> dict:
     return {"quantization_config": GgufConfig(dequantize=True)}
 
 
+@contextlib.contextmanager
+def _one_parse_per_file():
+    """transformers parses a GGUF's metadata anew for its config, its weights and its tokenizer, and so do
+    the checks here: 4-6 parses, each walking every vocabulary string and merge (Qwen's 151k of each: about a
+    minute per parse on a slow CPU, most of a conversion's time). While this is open, every
+    `gguf.GGUFReader(path)` of the same file returns one reader (readers are read-only memory maps)."""
+    import gguf
+
+    original, readers = gguf.GGUFReader, {}
+
+    def shared(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader = shared
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def load_gguf(path: str | os.PathLike, dtype: str = "float32"):
     """(model, tokenizer) from a GGUF file: the weights dequantized to `dtype`, the tokenizer and
     chat template the file carries."""
+    with _one_parse_per_file():
+        return _load_gguf(path, dtype)
+
+
+def _load_gguf(path: str | os.PathLike, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
