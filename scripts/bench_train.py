@@ -316,9 +316,10 @@ def model_batches(model_dir: str, data: str | None, n: int, seed: int = 0):
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     rng = random.Random(seed)
     if data:
-        from qaforge.train.data import ChatEncoder, load_qa_records
+        from qaforge.dataset import read_records
+        from qaforge.train.data import ChatEncoder
 
-        samples, _ = ChatEncoder(tokenizer, max_seq_len=512).encode_records(load_qa_records(data))
+        samples, _ = ChatEncoder(tokenizer, max_seq_len=512).encode_records(read_records(data))
         pool, order = [(s.input_ids, s.labels) for s in samples], []
         while len(order) < 16 * n:  # epochs of shuffled samples, as a DataLoader with shuffle=True draws them
             rng.shuffle(pool)

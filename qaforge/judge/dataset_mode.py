@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Iterable
 
-from qaforge.generate.export import write_json, write_jsonl
+from qaforge.dataset import write_json, write_jsonl
 from qaforge.generate.llm_client import LLMOptions
 from qaforge.judge.report import render_dataset_report
 from qaforge.judge.rubric import load_rubric

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qaforge.generate.export import write_json, write_jsonl
+from qaforge.dataset import write_json, write_jsonl
 from qaforge.generate.llm_client import LLMOptions
 from qaforge.judge.answers import resolve_results, pick_systems
 from qaforge.judge.report import render_pairwise_report

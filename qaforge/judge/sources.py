@@ -7,7 +7,6 @@ text is cut from the corpus file again (the corpus folder comes from report.json
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,11 @@ class InputError(ValueError):
 
 
 def _read_corpus_text(path: Path) -> str:
-    if path.suffix.lower() == ".pdf":
-        # The corpus reader is being moved into generate/; find it where it lives (PDF extraction must
-        # match generation exactly, or the character spans point at other text).
-        for name in ("qaforge.generate.corpus", "qaforge.corpus"):
-            try:
-                return importlib.import_module(name).read_text(path)
-            except ModuleNotFoundError:
-                continue
-    return path.read_text(encoding="utf-8").replace("\r\n", "\n")
+    # the generator's own reader: PDF extraction must match generation exactly, or the character spans
+    # point at other text
+    from qaforge.generate.corpus.files import read_text
+
+    return read_text(path)
 
 
 def load_json(path: Path) -> Any:
