@@ -60,3 +60,18 @@ def test_size_and_language_rules():
     assert [size_category(n) for n in (5, 999, 1000, 20_000)] == ["n<1K", "n<1K", "1K<n<10K", "10K<n<100K"]
     assert languages_of(["only english words here"]) == ["en"]
     assert languages_of(["全是中文的句子没有英文"]) == ["zh"]
+
+
+def test_generate_writes_a_dataset_card_with_its_figures(tmp_path):
+    import json
+
+    from qaforge.generate.pipeline import generate_dataset
+    from qaforge.paths import DEFAULT_CORPUS_DIR
+
+    report = generate_dataset(DEFAULT_CORPUS_DIR, tmp_path, exam_size=10, print_table=False, show_progress=False)
+    card = DatasetCard.load(tmp_path / "README.md")
+    assert card.data.language == ["zh", "en"]
+    assert {s["name"]: s["num_examples"] for s in card.data.dataset_info["splits"]} == {
+        "train": report["split"]["train"], "exam": 10}
+    assert f"QA pairs: **{report['dataset']['total']}**" in card.text
+    assert json.loads((tmp_path / "report.json").read_text())["files"]["card"].endswith("README.md")

@@ -58,6 +58,18 @@ def test_output_layout_and_results(finished_run):
     assert timing["steps_timed"] == 6 and timing["median_step_ms"] > 0 and len(timing["eval_s"]) == 2
 
 
+def test_model_cards_carry_the_run(finished_run):
+    from huggingface_hub import ModelCard
+
+    out, results = finished_run
+    for folder in (out, out / "merged_model"):
+        card = ModelCard.load(folder / "README.md")
+        assert "qaforge" in card.data.tags and "lora" in card.data.tags
+        assert "48 pairs" in card.text and "held-out exam" in card.text
+        assert f"final eval_loss {round(results['eval_loss'], 4)}" in card.text
+        assert "Contamination: **not checked**" in card.text  # rouge_eval=False: no held-out generation
+
+
 def test_merged_logits_equal_adapter_logits(finished_run, random_model_dir):  # noqa: F811
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -107,6 +119,8 @@ def test_training_on_the_exam_is_marked_contaminated(random_model_dir, qa_files,
     assert results["contaminated"] is True and "CONTAMINATED" in results["warning"]
     assert results["data"]["train_records"] == 48 + 9
     assert "CONTAMINATED" in capsys.readouterr().err
+    from huggingface_hub import ModelCard
+    assert "CONTAMINATED (the exam split was trained on)" in ModelCard.load(tmp_path / "README.md").text
     with pytest.raises(ValueError, match="exam"):
         train(_config(random_model_dir, qa_files, tmp_path / "x", exam=None, train_on_exam=True))
 

@@ -111,6 +111,10 @@ def generate_dataset(corpus: Path, out_dir: Path, generator: str = "rules", exam
         wall_time_s=round(time.monotonic() - started, 3),
         files={"dataset": files, "report": str(out_dir / "report.json")},
     )
+    from qaforge.cards import write_dataset_card  # a Hugging Face dataset card beside the files it describes
+
+    report["files"]["card"] = str(write_dataset_card(out_dir, report, [r.question + r.answer for r in records[:200]],
+                                                     name=dataset_name, corpus=str(corpus)))
     write_report(out_dir, report)
     if print_table:
         print_summary(report)

@@ -173,3 +173,18 @@ def versions() -> dict[str, str]:
     import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def write_model_cards(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """A Hugging Face model card (README.md) in the adapter folder and in the merged model's folder, with the
+    run's held-out scores and contamination status (qaforge/cards.py)."""
+    from qaforge.cards import write_model_card
+
+    eval_file = Path(out_dir) / "eval" / "eval_results.json"
+    evaluation = json.loads(eval_file.read_text(encoding="utf-8")) if eval_file.is_file() else None
+    data = results.get("data", {})
+    counts = {"train": data.get("train_records", "?"), "exam": data.get("exam_records", "?")}
+    folders = [Path(out_dir)] + ([Path(results["merged_model_dir"])] if results.get("merged_model_dir") else [])
+    return [write_model_card(folder, results["config"], evaluation, counts=counts,
+                             train_s=results["train"]["train_runtime_s"], eval_loss=results.get("eval_loss"))
+            for folder in folders]

@@ -37,7 +37,8 @@ from qaforge.train.dist import world_size
 from qaforge.train.loop import fit, plan_steps
 from qaforge.train.model import build_model, save_merged
 from qaforge.train.profiles import TrainConfig
-from qaforge.train.report import CONTAMINATION_WARNING, banner, build_results, plot_loss, rouge_eval, write_results
+from qaforge.train.report import (CONTAMINATION_WARNING, banner, build_results, plot_loss, rouge_eval,
+                                  write_model_cards, write_results)
 
 
 @dataclass
@@ -135,4 +136,5 @@ def main(run: Run, resume: bool | str | None = None,
                             params=params, device=run.device, out_dir=out_dir, merged_dir=merged_dir,
                             loss_png=loss_png, started=run.started)
     write_results(results, out_dir)
+    write_model_cards(results, out_dir)
     return results
