@@ -39,7 +39,9 @@ def _env() -> dict[str, str]:
 @pytest.mark.skipif(not GLOSSARY.is_dir(), reason=f"shared GPU glossary corpus not found at {GLOSSARY}")
 def test_cli_reaches_exact_difficulty_mix_against_faulty_api(tmp_path):
     out = tmp_path / "glossary"
-    with FaultLLMServer(FaultConfig.all_faults(latency=(0.01, 0.05), slow_s=3.0, rate_slow=0.15)) as server:
+    # rate_bad_item 0.8: enough bad items that each of the seven rules is drawn at least once
+    with FaultLLMServer(FaultConfig.all_faults(latency=(0.01, 0.05), slow_s=3.0, rate_slow=0.15,
+                                               rate_bad_item=0.8)) as server:
         run = subprocess.run(_command(GLOSSARY, out, server, "--target-per-chapter", "30", "--exam-size", "20",
                                       "--concurrency", "16", "--timeout", "1.5"),
                              env=_env(), capture_output=True, text=True, timeout=240)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qaforge.generate.filters import RULES, QualityFilter, grounding_score
+from qaforge.generate.filters import RULES, FilterConfig, QualityFilter, grounding_score
 from qaforge.generate.journal import Journal
 from qaforge.generate.llm_client import CallFailed, LLMClient, LLMOptions
 from qaforge.generate.parsing import ParseError, parse_items
@@ -54,7 +54,8 @@ def test_parse_repairs_near_json_and_rejects_prose():
 
 
 def test_each_quality_rule_rejects_its_bad_item():
-    quality = QualityFilter()
+    examples = tuple(e for p in load_prompts().by_difficulty.values() for e in p.examples)
+    quality = QualityFilter(FilterConfig(few_shot_examples=examples))
     assert quality.check(GOOD, "easy", SOURCE) is None
     for rule, item in BAD_ITEMS.items():
         assert quality.check(item, "hard" if rule == "grounding" else "easy", SOURCE) == rule, rule
@@ -126,3 +127,13 @@ def test_client_gives_up_after_max_retries():
     with FaultLLMServer(FaultConfig(rate_500=1.0)) as server:
         with pytest.raises(CallFailed, match="gave up after 1 attempts"):
             _complete(server, max_retries=0)
+
+
+def test_a_copied_few_shot_example_is_rejected_even_reworded_slightly():
+    prompts = load_prompts()
+    example = prompts.by_difficulty["medium"].examples[0]
+    quality = QualityFilter(FilterConfig(few_shot_examples=prompts.by_difficulty["medium"].examples))
+    copied = {"question": example["question"] + "？", "answer": example["answer"].replace("。", "，", 1),
+              "topic": example["topic"]}
+    assert quality.verdict(copied, "medium", example["answer"]) == "few_shot_copy"
+    assert quality.verdict(GOOD, "easy", SOURCE) is None

@@ -2,6 +2,9 @@
 item breaks rejects it. Rule order puts cheap structural checks first.
 
   format          question/answer/topic are non-empty strings
+  few_shot_copy   the question or answer is a (near) copy of one of the prompt's few-shot examples: small
+                  models (seen with Qwen2.5-0.5B) hand the examples back, and they pass every other rule
+                  because the examples are well-formed, on topic and often grounded in any chapter
   same_as_question  the answer merely repeats the question
   leakage         refusal or prompt-leak phrases (data file, e.g. "根据上文", "as an AI")
   length          question and answer lengths within per-difficulty bounds
@@ -19,12 +22,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from qaforge.textnorm import normalize
+from qaforge.dataset import NEAR_DUPLICATE_THRESHOLD
+from qaforge.textnorm import jaccard, normalize, shingles
 
 DOMAINS_DIR = Path(__file__).with_name("domains")
 DEFAULT_KEYWORDS = DOMAINS_DIR / "gpu_cuda_keywords.txt"
 DEFAULT_LEAKAGE = DOMAINS_DIR / "leakage_phrases.txt"
-RULES = ("format", "same_as_question", "leakage", "length", "terminology", "grounding")
+RULES = ("format", "few_shot_copy", "same_as_question", "leakage", "length", "terminology", "grounding")
 
 # The original course project aimed at average answers of easy 120, medium 180, hard 250 characters
 # (its data came out longer); the bounds leave room on both sides.
@@ -71,6 +75,7 @@ class FilterConfig:
     leakage_file: Path = DEFAULT_LEAKAGE
     grounding_threshold: float = 0.3
     answer_bounds: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_ANSWER_BOUNDS))
+    few_shot_examples: tuple[dict, ...] = ()   # the prompts' examples: an item copying one is rejected
 
 
 class QualityFilter:
@@ -85,6 +90,12 @@ class QualityFilter:
         ) if latin else None
         self.leakage = [p.lower() for p in read_phrase_list(self.config.leakage_file)]
         self.counts: Counter = Counter({rule: 0 for rule in RULES})
+        self.example_grams = [shingles(str(e.get(key, ""))) for e in self.config.few_shot_examples
+                              for key in ("question", "answer")]
+
+    def copies_an_example(self, question: str, answer: str) -> bool:
+        return any(jaccard(shingles(text), grams) >= NEAR_DUPLICATE_THRESHOLD
+                   for text in (question, answer) for grams in self.example_grams)
 
     def verdict(self, item: object, difficulty: str, source: str) -> str | None:
         """The name of the first rule the item breaks, or None when it passes (not counted)."""
@@ -94,6 +105,8 @@ class QualityFilter:
         if not (isinstance(question, str) and isinstance(answer, str) and isinstance(topic, str)
                 and question.strip() and answer.strip()):
             return "format"
+        if self.copies_an_example(question, answer):
+            return "few_shot_copy"
         if normalize(answer) == normalize(question) or normalize(question) in normalize(answer)[:len(normalize(question))] and len(answer) < 2 * len(question):
             return "same_as_question"
         lowered = (question + "\n" + answer).lower()

@@ -105,8 +105,9 @@ def run_llm_generation(chapters: list[Chapter], chunks: list[Chunk], out_dir: Pa
     return asyncio.run(run.run(show_progress))
 
 
-def _filter_config(options: LLMOptions) -> FilterConfig:
-    config = FilterConfig(grounding_threshold=options.grounding_threshold)
+def _filter_config(options: LLMOptions, prompts: PromptSet) -> FilterConfig:
+    examples = tuple(e for prompt in prompts.by_difficulty.values() for e in prompt.examples)
+    config = FilterConfig(grounding_threshold=options.grounding_threshold, few_shot_examples=examples)
     if options.keywords_file:
         config.keywords_file = Path(options.keywords_file)
     if options.leakage_file:
@@ -133,7 +134,7 @@ class _Generation:
         options.validate()
         self.options, self.out_dir = options, out_dir
         self.prompts: PromptSet = load_prompts(options.prompt_dir)
-        self.quality = QualityFilter(_filter_config(options))
+        self.quality = QualityFilter(_filter_config(options, self.prompts))
         self.targets = chapter_targets(chapters, options.targets, options.default_target, options.target_per_chapter)
         self.wanted = {(c, d): n for c, total in self.targets.items() for d, n in difficulty_targets(total).items()}
         self.chunks_by_chapter = _source_chunks(chunks)

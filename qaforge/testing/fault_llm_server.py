@@ -12,8 +12,8 @@ Faults, each with its own rate (fraction of requests), chosen by a hash of the r
   rate_429, rate_500, rate_slow          transport faults, first attempt only
   rate_malformed (repairable near-JSON), rate_garbage (no JSON at all: forces a re-ask)
   rate_think (<think> block first), rate_fence (```json fences)
-  rate_bad_item (one item per fault rule: format, same_as_question, leakage, length, terminology,
-                 grounding), rate_duplicate (repeats a question another request also gets)
+  rate_bad_item (one item per fault rule: format, few_shot_copy, same_as_question, leakage, length,
+                 terminology, grounding), rate_duplicate (repeats a question another request also gets)
   reject_response_format: answer 400 to response_format=json_schema (servers without it)
 
 Run standalone: python -m qaforge.testing.fault_llm_server --port 8011 --latency 1 2
@@ -62,6 +62,17 @@ BAD_ITEMS = {
                             "where the kernel finishes instantly and returns through the PCIe cable.",
                   "topic": "warp"},
 }
+
+
+def _first_prompt_example() -> dict:
+    """What a small real model does (Qwen2.5-0.5B did): hand back the prompt's own first example."""
+    from qaforge.generate.prompts import load_prompts
+
+    example = load_prompts().by_difficulty["easy"].examples[0]
+    return {key: example[key] for key in ("question", "answer", "topic")}
+
+
+BAD_ITEMS["few_shot_copy"] = _first_prompt_example()
 
 
 @dataclass
