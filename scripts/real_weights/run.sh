@@ -35,7 +35,10 @@ stage_convert() {
   echo "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  $GGUF" | sha256sum -c - || return 1
   /usr/bin/time -f "convert wall %e s" $Q convert "$GGUF" --out "$BASE" --dtype bfloat16
 }
-stage_gputests() { python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tail -25; }
+stage_gputests() {  # the CUDA tests of the engine and the fused training path (skipped on CPU machines)
+  python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_engine_qwen2.py tests/test_train_fused.py \
+    tests/test_engine_core.py 2>&1 | tail -25
+}
 stage_gen() {  # a real model writes the dataset: qaforge serve (native) as the OpenAI endpoint, qaforge generate
   start_server gen 8011 --model "$BASE" --engine native --max-model-len 8192 --max-num-seqs 256 \
     --served-model-name proxy --max-tokens 2048
@@ -55,6 +58,7 @@ stage_train() {  # RECIPE=profile yaml (path) ; NAME=run name ; extra args in TR
   mkdir -p "$W/res/train_$name"
   cp "$W/runs/$name"/{eval_results.json,eval_report.md,train_config.json,README.md} "$W/res/train_$name/" 2>/dev/null
   cp "$W/runs/$name"/*.png "$W/res/train_$name/" 2>/dev/null || true
+  cp -r "$W/runs/$name/eval" "$W/res/train_$name/eval" 2>/dev/null || true
 }
 stage_decode() {  # NAME=run ; DECODE="label:--max-tokens 256 --repetition-penalty 1.1;label2:..."
   local name=${NAME:?NAME}; IFS=';' read -ra variants <<<"${DECODE:?DECODE}"
@@ -76,6 +80,22 @@ stage_serve() {  # NAME=run: the grader simulator over HTTP on the merged model,
   done
   python3 scripts/real_weights/compare_engines.py "$W/res/grader_native" "$W/res/grader_vllm" --tokenizer "$model" \
     --data "$EXAM" --out "$W/res/engines_compared.json"
+}
+stage_compare() {  # NAME=run: untuned and fine-tuned in one eval run (what the judge reads), DECODE_ARGS as chosen
+  $Q eval --model "$W/runs/${NAME:?NAME}/merged_model" --base-model "$BASE" --data "$EXAM" --train-data "$TRAIN" \
+    --out "$W/res/compare_$NAME" ${DECODE_ARGS:-} 2>&1 | tail -10
+}
+stage_judge() {  # the untuned proxy, served by qaforge, judges the answers of stage_compare's run
+  start_server judge 8012 --model "$BASE" --engine native --max-model-len 4096 --served-model-name judge
+  wait_ready http://127.0.0.1:8012/health 300 || { tail -30 "$W/log/serve_judge.log"; return 1; }
+  local run=$W/res/compare_${NAME:?NAME} jargs=(--api-base http://127.0.0.1:8012/v1 --api-key none --model judge --concurrency 64 --quiet)
+  $Q judge "$run" --mode answers --out "$W/res/judge_answers" "${jargs[@]}" 2>&1 | tail -20
+  $Q judge "$run" --mode pairwise --system fine-tuned --system "base (untuned)" --out "$W/res/judge_pairwise" \
+    "${jargs[@]}" 2>&1 | tail -20
+  stop_server judge
+}
+stage_bench() {  # training speed on the real model: plain HF + PEFT, + torch.compile, qaforge (same batches)
+  python3 -m scripts.bench_train --model "$BASE" --data "$TRAIN" --out "$W/res/bench_train" ${BENCH_ARGS:-} 2>&1 | tail -30
 }
 stage_pack() {  # one archive of the figures (a GPU call returns at most 8 files)
   tar czf "$OUT/res_$(date +%H%M%S).tgz" -C "$W" res log 2>/dev/null; ls -la "$OUT"
