@@ -7,7 +7,7 @@ import pytest
 from qaforge.train.profiles import (ALL_LORA_TARGETS, TrainConfig, load_profile, profile_names,
                                     read_profile_yaml)
 
-EXPECTED = {"fast_v1", "fast_v5", "fast_v7", "fast_v7_final", "tiny"}
+EXPECTED = {"fast_v1", "fast_v5", "fast_v7", "fast_v7_final", "tiny", "fast_v7_long"}
 
 
 def test_all_profiles_exist_and_validate():
