@@ -217,6 +217,20 @@ def _json_lines_rows(path: Path, text: str) -> list[tuple[str, Any]]:
     return rows
 
 
+def read_jsonl(path: str | Path, error: type[Exception] = DatasetFormatError) -> list[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of a JSON-lines file that qaforge writes (chunks,
+    journals, judge.jsonl, ...); a line that is not JSON raises `error` naming file:line."""
+    rows = []
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((line_no, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}:{line_no}: invalid JSON: {exc.msg}") from None
+    return rows
+
+
 def read_records(path: str | Path) -> list[QARecord]:
     """All records of a dataset file in file order: JSON lines, or a `.json` file holding a list."""
     path = Path(path)

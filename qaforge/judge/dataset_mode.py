@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Iterable
 
-from qaforge.dataset import write_json, write_jsonl
+from qaforge.dataset import read_jsonl, write_json, write_jsonl
 from qaforge.generate.llm_client import LLMOptions
 from qaforge.judge.report import render_dataset_report
 from qaforge.judge.rubric import load_rubric
@@ -90,13 +90,7 @@ def load_judgements(path: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         raise InputError(f"{path}: file not found (run `qaforge judge` on the dataset first)")
     out = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+    for lineno, row in read_jsonl(path, InputError):
         if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("overall"), (int, float)):
             raise InputError(f"{path}:{lineno}: expected {{\"id\", \"overall\", ...}}")
         out[str(row["id"])] = row

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qaforge.dataset import read_jsonl
+
 
 class InputError(ValueError):
     """A file the judge reads is missing or malformed; the message names it."""
@@ -73,13 +75,7 @@ def load_chunk_texts(dataset_dir: Path, corpus: Path | None = None) -> dict[str,
     root = None
     files: dict[Path, str] = {}
     texts = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+    for lineno, row in read_jsonl(path, InputError):
         if not isinstance(row, dict) or not isinstance(row.get("chunk_id"), str):
             raise InputError(f"{path}:{lineno}: expected an object with a 'chunk_id'")
         if isinstance(row.get("text"), str):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qaforge.dataset import DIFFICULTIES, DatasetFormatError, QARecord, read_records
+from qaforge.dataset import DIFFICULTIES, DatasetFormatError, QARecord, read_jsonl, read_records
 from qaforge.generate.corpus import read_text
 from qaforge.generate.split import stratum_quotas
 
@@ -47,13 +47,7 @@ class ReviewSet:
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReviewInputError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+    for lineno, row in read_jsonl(path, ReviewInputError):
         if not isinstance(row, dict):
             raise ReviewInputError(f"{path}:{lineno}: expected a JSON object")
         rows.append((lineno, row))
