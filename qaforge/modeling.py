@@ -27,7 +27,7 @@ def pick_device(device: str = "auto") -> str:
 
 
 def pick_dtype(dtype: str = "auto", device: str = "cpu") -> str:
-    """The one dtype rule: 'auto' is bfloat16 on CUDA (the seed's setting) and float32 on CPU (bf16
+    """The one dtype rule: 'auto' is bfloat16 on CUDA (the original course project's setting) and float32 on CPU (bf16
     matmuls are slow there and the equality tests need fp32). Returns the torch attribute name."""
     if dtype in ("auto", None, ""):
         return "bfloat16" if str(device).startswith("cuda") else "float32"

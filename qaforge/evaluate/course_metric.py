@@ -4,7 +4,7 @@ This is what the course's public grader imitation and the original project's tra
 rouge_score's default tokenizer lower-cases the text and keeps only runs of [a-z0-9]; everything else,
 Chinese included, is a separator. So the score is the ROUGE-L of the *English keywords and numbers*
 alone: "CUDA 核函数 使用 __global__ 声明 warp 有 32 个 线程" is scored as [cuda, global, warp, 32].
-That is why the seed's system prompt asks the model to include English keywords, and why a
+That is why the original course project's system prompt asks the model to include English keywords, and why a
 question-as-answer baseline scores high on it (questions repeat the answer's English terms).
 """
 

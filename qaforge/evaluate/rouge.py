@@ -7,7 +7,7 @@ method 3. It rounds each per-sample score to 4 decimals of a percent; we keep th
 
 Why our own ROUGE instead of calling `rouge_chinese`: its LCS fills a Python dict with n*m entries
 (~20 ms for two 150-word answers, ~80 ms at 300 words), which dominates a 3x192-answer grader run;
-with the bit-parallel LCS below the ROUGE step is ~50x faster (measured on the seed QA answers).
+with the bit-parallel LCS below the ROUGE step is ~50x faster (measured on the original course project's QA answers).
 Its quirks are reproduced on purpose and pinned by a parity test against `rouge_chinese` (tests/test_eval_rouge.py):
   * text is cut into sentences with its regexes and each sentence re-joined on single spaces, so a
     blank line ("\\n \\n" after jieba) becomes an empty-string word that can match;
