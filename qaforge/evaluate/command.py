@@ -30,6 +30,11 @@ def eval(  # noqa: A001 - the command is called "eval"
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.01, max=2.0,
                                              help="Local greedy decoding: penalty on tokens already in the prompt "
                                              "or answer (vLLM/HF semantics; 1.0 is off)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Also score the answers with an LLM judge at this "
+                                        "OpenAI base URL (qaforge judge's answers rubric), beside ROUGE-L."),
+    judge_model: str = typer.Option("judge", "--judge-model", help="Model name the judge server serves."),
+    judge_api_key: str = typer.Option("", "--judge-api-key", envvar="QAFORGE_JUDGE_API_KEY",
+                                      help="API key of the judge server."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="System prompt for every question "
                                                 "('' for none; default: the course grader's)."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto."),
@@ -66,11 +71,16 @@ def eval(  # noqa: A001 - the command is called "eval"
     from qaforge.evaluate.run import evaluate
 
     try:
-        evaluate(data, out, model=model, endpoint=endpoint, base_model=base_model, train_data=train_data,
+        results = evaluate(data, out, model=model, endpoint=endpoint, base_model=base_model, train_data=train_data,
                  max_tokens=max_tokens, limit=limit, backend=backend, batch_size=batch_size,  # type: ignore[arg-type]
                  device=device, endpoint_api=endpoint_api, endpoint_model=endpoint_model,  # type: ignore[arg-type]
                  tokenizer=tokenizer, concurrency=concurrency, repetition_penalty=repetition_penalty,
                  **({} if system_prompt is None else {"system_prompt": system_prompt or None}))
+        if judge:
+            from qaforge.evaluate.judged import add_judge_scores
+
+            add_judge_scores(results, out, base_url=judge, model=judge_model, api_key=judge_api_key,
+                             concurrency=concurrency)
     except (DatasetFormatError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from exc

@@ -33,7 +33,9 @@ def _groups(systems: list[dict[str, Any]], key: str) -> list[str]:
 def build_figure(results: dict[str, Any]) -> plt.Figure:
     """Three panels of grouped, value-labelled bars: overall (both metrics), by difficulty, by chapter."""
     systems = results["systems"]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5), gridspec_kw={"width_ratios": [1.2, 1.5, 3]})
+    judge = (results.get("judge") or {}).get("summary") or {}
+    ratios = [1.2, 1.5, 3] + ([1.0] if judge else [])
+    fig, axes = plt.subplots(1, len(ratios), figsize=(16 + 3 * bool(judge), 5), gridspec_kw={"width_ratios": ratios})
     metric_names = {"rouge_l": "ROUGE-L\n(rouge-chinese)", "course_rouge_l": "course ROUGE-L\n(Latin tokens only)"}
     _grouped_bars(axes[0], list(metric_names), systems, lambda s, m: s["metrics"][m])
     axes[0].set_xticks(range(len(metric_names)), list(metric_names.values()))
@@ -45,6 +47,13 @@ def build_figure(results: dict[str, Any]) -> plt.Figure:
                       lambda s, g, key=key: s[key][g]["rouge_l"] if g in s[key] else None)
         ax.set_title(title)
     axes[2].set_xlabel("chapter")
+    if judge:  # `qaforge eval --judge`: the judge's mean overall score beside ROUGE-L
+        labels = list(judge)
+        bars = axes[3].bar(labels, [judge[k]["scores"]["overall"]["mean"] for k in labels], color="tab:purple")
+        axes[3].bar_label(bars, fmt="%.2f", fontsize=8)
+        axes[3].set_ylim(0, 5.5)
+        axes[3].set_title(f"LLM judge ({results['judge']['model']})")
+        axes[3].tick_params(axis="x", labelrotation=30)
     axes[0].legend(fontsize=8, loc="upper left")
     headline = "CONTAMINATED exam — " if (results.get("contamination") or {}).get("contaminated") else ""
     fig.suptitle(f"{headline}{Path(results['data']).name}: {results['n']} questions")
