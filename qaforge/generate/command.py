@@ -58,11 +58,16 @@ def generate(
     grounding_threshold: Annotated[float, typer.Option(help="Minimum share of answer bigrams found in the source chunk.")] = 0.3,
     price_in: Annotated[Optional[float], typer.Option(help="Price per 1k prompt tokens (default: prices.yaml by model).")] = None,
     price_out: Annotated[Optional[float], typer.Option(help="Price per 1k completion tokens.")] = None,
+    judge_threshold: Annotated[Optional[float], typer.Option(help="Drop pairs an LLM judge scores below this (1-5) against their source chunk; counted as the rule 'judge'.")] = None,
+    judge_model: Annotated[Optional[str], typer.Option(help="Judge model for --judge-threshold (default: the generating model, same API).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate a QA dataset from a textbook; prints a summary table and writes report.json/report.md."""
     from qaforge.generate.corpus import CorpusError
     from qaforge.generate.pipeline import generate_dataset
+
+    if judge_threshold is not None and generator != "llm":
+        raise typer.BadParameter("needs --generator llm (the judge uses the same API)", param_hint="--judge-threshold")
 
     llm = None
     if generator == "llm":
@@ -88,6 +93,9 @@ def generate(
     except (CorpusError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+    if judge_threshold is not None:
+        report = _judge(out, llm, judge_threshold, judge_model, exam_size=exam_size, seed=seed,
+                        near_threshold=near_threshold, name=name, quiet=quiet)
     shortfall = (report.get("planner") or {}).get("shortfall")
     if shortfall:
         typer.echo(f"warning: targets not reached after {report['planner']['rounds']} rounds: {shortfall}", err=True)
@@ -96,3 +104,24 @@ def generate(
 
 if __name__ == "__main__":
     typer.run(generate)
+
+
+def _judge(out: Path, llm, threshold: float, judge_model: Optional[str], **kwargs) -> dict:
+    """--judge-threshold: the judge runs on the generating API (another model with --judge-model)."""
+    import copy
+
+    from qaforge.generate.judge_filter import drop_below_judge
+
+    options = copy.copy(llm)
+    options.model = judge_model or llm.model
+    options.temperature, options.max_tokens = 0.0, 512
+    quiet = kwargs.pop("quiet")
+    try:
+        report = drop_below_judge(out, options, threshold, show_progress=not quiet, **kwargs)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"judge ({options.model}): {report['rejections']['judge']} pairs below {threshold} dropped; "
+               f"{report['dataset']['total']} kept (train {report['split']['train']}, exam {report['split']['exam']})")
+    return report
+
