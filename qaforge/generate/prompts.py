@@ -50,16 +50,19 @@ class PromptSet:
         return {"role": "user", "content": self.repair_template.format(error=error)}
 
 
-def _read_yaml(path: Path) -> dict:
+def read_prompt_yaml(path: Path, error: type[Exception] | None = None) -> dict:
+    """A prompt file (generate's prompts, the judge's rubrics): a mapping with a 'template' string; problems
+    raise `error` (default PromptError) naming the file and, for bad YAML, the line."""
+    error = error or PromptError
     if not path.is_file():
-        raise PromptError(f"{path}: prompt file not found")
+        raise error(f"{path}: prompt file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise PromptError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: {exc}") from exc
+        raise error(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("template"), str):
-        raise PromptError(f"{path}: needs a 'template' string")
+        raise error(f"{path}: needs a 'template' string")
     return data
 
 
@@ -76,7 +79,7 @@ def load_prompts(folder: Path | None = None) -> PromptSet:
     by_difficulty = {}
     for difficulty in DIFFICULTIES:
         path = folder / f"{difficulty}.yaml"
-        data = _read_yaml(path)
+        data = read_prompt_yaml(path)
         examples = data.get("examples") or []
         if len(examples) < 1 or not all(isinstance(e, dict) and {"question", "answer", "topic"} <= set(e)
                                         for e in examples):
@@ -86,8 +89,8 @@ def load_prompts(folder: Path | None = None) -> PromptSet:
             raise PromptError(f"{path}: template must contain {{chunk}} (the source text)")
         by_difficulty[difficulty] = DifficultyPrompt(difficulty, str(data.get("system", "")), data["template"],
                                                      tuple(examples))
-    repair = _read_yaml(folder / "repair.yaml")["template"]
+    repair = read_prompt_yaml(folder / "repair.yaml")["template"]
     _check_template(folder / "repair.yaml", repair, error="x")
-    avoid = _read_yaml(folder / "avoid.yaml")["template"]
+    avoid = read_prompt_yaml(folder / "avoid.yaml")["template"]
     _check_template(folder / "avoid.yaml", avoid, questions="x")
     return PromptSet(by_difficulty, repair, avoid, folder)

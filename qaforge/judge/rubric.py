@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import json_repair
-import yaml
 
 from qaforge.chat import clean_answer
+from qaforge.generate.prompts import read_prompt_yaml
 
 DEFAULT_PROMPT_DIR = Path(__file__).with_name("prompts")
 MODES = ("dataset", "answers", "pairwise")
@@ -116,16 +116,7 @@ def _json_object(text: str) -> tuple[dict, bool]:
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise RubricError(f"{path}: prompt file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise RubricError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("template"), str):
-        raise RubricError(f"{path}: needs a 'template' string")
-    return data
+    return read_prompt_yaml(path, RubricError)
 
 
 def load_rubric(mode: str, folder: Path | None = None) -> Rubric:
