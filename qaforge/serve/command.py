@@ -20,6 +20,8 @@ def serve(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
     max_tokens: Optional[int] = typer.Option(None, help="default answer budget (384)"),
     repetition_penalty: Optional[float] = typer.Option(None, help="default repetition penalty (1.0: off)"),
+    predict_thinking: Optional[bool] = typer.Option(
+        None, help="/predict in thinking mode; answers stay the content only (QAFORGE_PREDICT_THINKING)"),
     max_model_len: Optional[int] = typer.Option(None, help="context: prompt + answer (512)"),
     max_num_seqs: Optional[int] = typer.Option(None, help="sequences batched at once"),
     max_pending: Optional[int] = typer.Option(None, help="sequences admitted before 429"),
@@ -40,7 +42,7 @@ def serve(
     from qaforge.serve.settings import ServeSettings
 
     overrides = dict(model=model, engine=engine, device=device, dtype=dtype, max_tokens=max_tokens,
-                     repetition_penalty=repetition_penalty,
+                     repetition_penalty=repetition_penalty, predict_thinking=predict_thinking,
                      max_model_len=max_model_len, max_num_seqs=max_num_seqs, max_pending=max_pending,
                      system_prompt=system_prompt, served_model_name=served_model_name,
                      quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,

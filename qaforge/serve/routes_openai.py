@@ -8,9 +8,10 @@ import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
+from jinja2 import TemplateError
 from fastapi.responses import JSONResponse
 
-from qaforge.chat import render_prompt
+from qaforge.chat import ReasoningSplitter, prompt_opens_think, render_prompt
 from qaforge.serve.errors import ApiError
 from qaforge.serve.http_utils import SSE_DONE, EventStreamResponse, guarded, sse, with_deadline
 from qaforge.serve.schemas import ChatCompletionRequest, CompletionRequest, OpenAIFields
@@ -59,7 +60,45 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 # ---- chat ------------------------------------------------------------------------------------
-def chat_prompt_ids(state: ServerState, body: ChatCompletionRequest) -> list[int]:
+# apply_chat_template's own arguments: a template variable of the same name would replace them.
+_RESERVED_TEMPLATE_KWARGS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors",
+    "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"})
+
+
+def chat_template_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
+    """The request's template variables; `enable_thinking` (vLLM's chat_template_kwargs or the
+    top-level shorthand) is always there, False unless the request turns thinking on."""
+    kwargs = dict(body.chat_template_kwargs or {})
+    bad = sorted(k for k in kwargs if k in _RESERVED_TEMPLATE_KWARGS or not k.isidentifier())
+    if bad:
+        raise ApiError(400, f"chat_template_kwargs may not set {', '.join(map(repr, bad))}",
+                       "chat_template_kwargs")
+    if body.enable_thinking is not None:
+        kwargs.setdefault("enable_thinking", body.enable_thinking)
+    kwargs.setdefault("enable_thinking", False)
+    if not isinstance(kwargs["enable_thinking"], bool):
+        raise ApiError(400, "chat_template_kwargs.enable_thinking must be true or false, got "
+                            f"{kwargs['enable_thinking']!r}", "chat_template_kwargs")
+    return kwargs
+
+
+def chat_prompt(state: ServerState, body: ChatCompletionRequest) -> tuple[list[int], ReasoningSplitter | None]:
+    """The prompt's token ids, and in thinking mode the splitter that keeps the thought out of
+    `content` (None: non-thinking, today's output)."""
+    kwargs = chat_template_kwargs(body)
+    thinking = kwargs["enable_thinking"]
+    messages = chat_messages(state, body)
+    try:
+        text = render_prompt(state.tokenizer, messages, **kwargs)
+    except TemplateError as exc:  # e.g. the template's raise_exception over a kwarg it refuses
+        raise ApiError(400, f"the chat template refused the request: {exc}", "messages") from None
+    splitter = ReasoningSplitter(prompt_opens_think(text)) if thinking else None
+    return state.tokenizer(text, add_special_tokens=False)["input_ids"], splitter
+
+
+def chat_messages(state: ServerState, body: ChatCompletionRequest) -> list[dict[str, str]]:
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]
     if messages[-1]["role"] == "assistant":
@@ -69,8 +108,7 @@ def chat_prompt_ids(state: ServerState, body: ChatCompletionRequest) -> list[int
         raise ApiError(400, "messages contain no user text", "messages")
     if messages[0]["role"] != "system" and state.system_prompt:
         messages.insert(0, {"role": "system", "content": state.system_prompt})
-    text = render_prompt(state.tokenizer, messages)
-    return state.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return messages
 
 
 @router.post("/chat/completions")
@@ -80,7 +118,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     _check_common(state, body)
     if body.tools:
         raise ApiError(400, "tools are not supported", "tools")
-    prompt_ids = chat_prompt_ids(state, body)
+    prompt_ids, splitter = chat_prompt(state, body)
     requested = body.max_completion_tokens or body.max_tokens
     params = _params(service, body, prompt_ids, requested, "messages")
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.settings.model_name
@@ -95,8 +133,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         async def events() -> AsyncIterator[str]:
             with service.admit(1):
                 yield sse(chunk({"role": "assistant", "content": ""}, None))
-                async for ev in service.stream(prompt_ids, params, stop):
-                    if ev.text or ev.finish_reason is None:
+                async for ev in service.stream(prompt_ids, params, stop, splitter):
+                    if ev.reasoning:
+                        yield sse(chunk({"reasoning_content": ev.reasoning}, None))
+                    if ev.text:
                         yield sse(chunk({"content": ev.text}, None))
                     if ev.finish_reason is not None:
                         yield sse(chunk({}, ev.finish_reason))
@@ -109,11 +149,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         return _start_stream(service, events(), state.settings.request_timeout)
 
     with service.admit(1):
-        result = await guarded(request, service.complete(prompt_ids, params, stop),
+        result = await guarded(request, service.complete(prompt_ids, params, stop, splitter),
                                state.settings.request_timeout)
+    message = {"role": "assistant", "content": result.text}
+    if splitter is not None:  # vLLM's field; null when the model did not think
+        message["reasoning_content"] = result.reasoning or None
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+        "choices": [{"index": 0, "message": message,
                      "finish_reason": result.finish_reason, "logprobs": None}],
         "usage": _usage(result.prompt_tokens, result.completion_tokens),
     })

@@ -29,6 +29,7 @@ class ServeSettings:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0      # default for /predict and the OpenAI API; 1 is off
+    predict_thinking: bool = False       # /predict in Qwen3's thinking mode (answers: the content only)
     max_model_len: int = 512             # the course project's context: prompt + answer
     max_num_seqs: int = 256              # sequences the engine runs at once (the course project's vLLM: 4096)
     max_num_batched_tokens: int = 16384
