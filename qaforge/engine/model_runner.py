@@ -14,7 +14,7 @@ import torch
 
 from .config import EngineConfig
 from .layers.attn_meta import AttnMeta
-from .layers.fp8 import kv_torch_dtype, quantize_model
+from .layers.fp8 import check_kv_backend, kv_torch_dtype, quantize_model
 from .layers.ops import TorchOps, triton_ops
 from .models.qwen import QwenForCausalLM
 from .sampler import Sampler
@@ -57,6 +57,7 @@ class ModelRunner:
         a = self.model.args
         self.block_size = c.block_size
         self.kv_dtype = kv_torch_dtype(c.kv_cache_dtype, self.dtype)
+        check_kv_backend(self.kv_dtype, backend, self.device)
         self.block_bytes = 2 * a.num_hidden_layers * c.block_size * a.num_key_value_heads * a.head_dim \
             * torch.empty((), dtype=self.kv_dtype).element_size()
         self.num_blocks = self._num_kv_blocks()

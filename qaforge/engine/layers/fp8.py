@@ -48,6 +48,14 @@ def from_kv(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype) if x.dtype == FP8 else x
 
 
+def check_kv_backend(kv_dtype: torch.dtype, backend: str, device: torch.device) -> None:
+    """Triton converts to and from e4m3 only on compute capability >= 8.9 (Ada, Hopper and later)."""
+    if kv_dtype == FP8 and backend == "triton" and torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(f"kv_cache_dtype='fp8' with the Triton kernels needs compute capability >= 8.9, this GPU "
+                         f"has {torch.cuda.get_device_capability(device)}: use kv_cache_dtype='auto' or "
+                         "attention_backend='torch'")
+
+
 # ---------------------------------------------------------------- weights
 @dataclass
 class Fp8Weight:
