@@ -111,7 +111,9 @@ def _qk_norm_rope_store_kernel(QKV, QOUT, KC, VC, POS, SLOT, QW, KW, COS, SIN,
     _norm_rope_heads(row + hh[:, None] * D + oh[None, :], QOUT + t * (H * D) + hh[:, None] * D + oh[None, :],
                      QW, (hh < H)[:, None], c, s, eps, D, HALF, HAS_NORM, False)
     kh = tl.arange(0, KVHP2)
-    km = (kh < KVH)[:, None] & (slot >= 0)  # slot -1: a padded CUDA-graph row, nothing stored
+    # slot -1: a padded CUDA-graph row, nothing stored (broadcast to a block: Triton's interpreter, which the CPU
+    # tests run this kernel in, rejects a scalar & block mask)
+    km = (kh < KVH)[:, None] & (slot + kh[:, None] * 0 >= 0)
     _norm_rope_heads(row + H * D + kh[:, None] * D + oh[None, :], KC + slot * (KVH * D) + kh[:, None] * D + oh[None, :],
                      KW, km, c, s, eps, D, HALF, HAS_NORM, KV_FP8)
     # v
