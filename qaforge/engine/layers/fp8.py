@@ -91,7 +91,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One Triton launch on CUDA (the torch version costs five passes over x), torch elsewhere."""
     if x.is_cuda and x.shape[1] <= 8192:
         from .fp8_triton import quantize_rows_triton
-        return quantize_rows_triton(x)
+        return quantize_rows_triton(x, FP8, FP8_MAX, _MIN_AMAX)
     return quantize_rows_torch(x)
 
 

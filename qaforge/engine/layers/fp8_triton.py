@@ -1,11 +1,10 @@
-"""Triton kernel for fp8.py: dynamic per-token fp8 quantisation of activations in one pass (CUDA only)."""
+"""Triton kernel for fp8.py: dynamic per-token fp8 quantisation of activations in one pass (CUDA only).
+fp8.py imports this lazily and passes its constants in, so imports point one way."""
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-
-from .fp8 import _MIN_AMAX, FP8, FP8_MAX
 
 
 @triton.jit
@@ -20,15 +19,16 @@ def _quant_rows_kernel(X, XQ, S, stride_x, stride_q, K, min_amax, fmax, BLOCK: t
     tl.store(S + row, s)
 
 
-def quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows_triton(x: torch.Tensor, fp8_dtype: torch.dtype, fmax: float,
+                         min_amax: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Same result as fp8.quantize_rows_torch: (fp8 [M, K], fp32 scale [M, 1])."""
     if x.stride(1) != 1:
         x = x.contiguous()
     M, K = x.shape
-    xq = torch.empty((M, K), dtype=FP8, device=x.device)
+    xq = torch.empty((M, K), dtype=fp8_dtype, device=x.device)
     s = torch.empty((M, 1), dtype=torch.float32, device=x.device)
     if M:
         BLOCK = triton.next_power_of_2(K)
-        _quant_rows_kernel[(M,)](x, xq, s, x.stride(0), xq.stride(0), K, _MIN_AMAX, FP8_MAX, BLOCK=BLOCK,
+        _quant_rows_kernel[(M,)](x, xq, s, x.stride(0), xq.stride(0), K, min_amax, fmax, BLOCK=BLOCK,
                                  num_warps=4 if BLOCK <= 2048 else 8)
     return xq, s
