@@ -14,6 +14,7 @@ import torch
 
 from .config import EngineConfig
 from .layers.attn_meta import AttnMeta
+from .layers.fp8 import check_kv_backend, kv_torch_dtype, quantize_model
 from .layers.ops import TorchOps, triton_ops
 from .models.qwen import QwenForCausalLM
 from .sampler import Sampler
@@ -41,6 +42,8 @@ class ModelRunner:
         torch.manual_seed(c.seed)
         t0 = time.perf_counter()
         self.model = QwenForCausalLM(c.model, c.hf_config, self.dtype, self.device, max_positions=c.max_model_len)
+        # fp8 weights replace the loaded ones before the KV cache is sized, so the memory they free goes to KV
+        self.fp8_info = quantize_model(self.model) if c.quantization == "fp8" else None
         self.load_s = time.perf_counter() - t0
         backend = c.attention_backend
         if backend == "auto":
@@ -53,11 +56,13 @@ class ModelRunner:
         self.sampler = Sampler(self.device, c.max_num_seqs)
         a = self.model.args
         self.block_size = c.block_size
+        self.kv_dtype = kv_torch_dtype(c.kv_cache_dtype, self.dtype)
+        check_kv_backend(self.kv_dtype, backend, self.device)
         self.block_bytes = 2 * a.num_hidden_layers * c.block_size * a.num_key_value_heads * a.head_dim \
-            * torch.empty((), dtype=self.dtype).element_size()
+            * torch.empty((), dtype=self.kv_dtype).element_size()
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros((2, a.num_hidden_layers, self.num_blocks + 1, c.block_size,
-                                     a.num_key_value_heads, a.head_dim), dtype=self.dtype, device=self.device)
+                                     a.num_key_value_heads, a.head_dim), dtype=self.kv_dtype, device=self.device)
         self.trash_slot = self.num_blocks * c.block_size
         self.block_table = block_table  # set by the engine (BlockManager.table)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -81,7 +86,7 @@ class ModelRunner:
         a = self.model.args
         tmp_blocks = n * c.max_blocks_per_seq
         tmp = torch.zeros((2, a.num_hidden_layers, tmp_blocks + 1, c.block_size, a.num_key_value_heads, a.head_dim),
-                          dtype=self.dtype, device=self.device)
+                          dtype=self.kv_dtype, device=self.device)
         seqs_len = c.max_model_len
         bt = torch.arange(tmp_blocks, device=self.device, dtype=torch.int64).view(n, -1)
         pos = torch.arange(seqs_len, device=self.device).repeat(n)

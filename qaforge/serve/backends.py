@@ -79,6 +79,8 @@ class NativeEngine(Engine):
                       max_num_batched_tokens=max(s.max_num_batched_tokens, s.max_model_len),
                       gpu_memory_utilization=s.gpu_memory_utilization,
                       enable_prefix_caching=s.enable_prefix_caching, enforce_eager=s.enforce_eager)
+        if s.quantization:  # the seed's vLLM setting ("fp8") means the same in the native engine
+            kwargs["quantization"] = s.quantization
         kwargs.update(s.extra)
         return kwargs
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..config import check_architecture
 from ..layers.attn_meta import AttnMeta
+from ..layers.fp8 import linear  # F.linear, or the fp8 GEMM once layers/fp8.quantize_model replaced a weight
 
 
 class Family(NamedTuple):
@@ -141,16 +142,16 @@ class QwenForCausalLM:
                 x = ops.rms_norm(h, L.in_w, eps)
             else:
                 x, residual = ops.add_rms_norm(h, residual, L.in_w, eps)
-            qkv = F.linear(x, L.qkv_w, L.qkv_b)
+            qkv = linear(x, L.qkv_w, L.qkv_b)
             k_cache, v_cache = kv_cache[0, i], kv_cache[1, i]
             # q_norm/k_norm are None for Qwen2: the op then only applies RoPE
             q = ops.qk_norm_rope_store(qkv, positions, meta.slot_mapping, k_cache, v_cache, L.q_norm, L.k_norm,
                                        self.cos, self.sin, a.num_attention_heads, a.num_key_value_heads,
                                        a.head_dim, eps)
             o = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
-            h = F.linear(o.reshape(o.shape[0], -1), L.o_w, L.o_b)
+            h = linear(o.reshape(o.shape[0], -1), L.o_w, L.o_b)
             x, residual = ops.add_rms_norm(h, residual, L.post_w, eps)
-            h = F.linear(ops.silu_mul(F.linear(x, L.gate_up_w)), L.down_w)
+            h = linear(ops.silu_mul(linear(x, L.gate_up_w)), L.down_w)
         return residual + h
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
