@@ -148,3 +148,16 @@ def test_vllm_gets_every_adapter_with_a_fitting_rank(built, tiny_model_dir):
     assert lora_request_fields(modules) == {
         "a": {"lora_name": "a", "lora_int_id": 1, "lora_path": modules["a"]},
         "b": {"lora_name": "b", "lora_int_id": 2, "lora_path": modules["b"]}}
+
+
+def test_a_server_with_an_adapter_that_does_not_fit_exits_naming_it(tiny_model_dir, built, tmp_path):
+    import json
+    import shutil
+
+    bad = tmp_path / "dora"
+    shutil.copytree(built[0]["a"], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    (bad / "adapter_config.json").write_text(json.dumps(dict(cfg, use_dora=True)))
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code.*LoRA adapter 'dora'.*DoRA"):
+        start_server(str(tiny_model_dir), engine="native", env=dict(FAST_ENV, QAFORGE_WARMUP="0"),
+                     args=["--lora", f"dora={bad}"], ready_timeout=120)
