@@ -182,3 +182,30 @@ def test_adapter_of_another_base_model_is_refused(tiny_model_dir, built, tmp_pat
     with pytest.raises(LoraError, match="has no adapter_config.json"):
         LLM(str(tiny_model_dir), device="cpu", max_model_len=64, lora={"x": str(tmp_path)})
     assert module_shapes(hf)["down_proj"] == (768, 256)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_gpu_fp32_exact_and_bf16_graphs_stay_base_only(tiny_model_dir, built, hf_refs):
+    """fp32 on CUDA (torch attention): the mixed batch equals the merged models as on CPU. bf16 (Triton,
+    CUDA graphs): a base-only decode batch still replays the graphs and gives the plain engine's tokens;
+    batches with adapter rows run eagerly and follow their adapter."""
+    adapters, _ = built
+    lora = {k: str(v) for k, v in adapters.items()}
+    prompts = prompts_of([7, 19, 33], seed=4)
+    names = ["a", "b", None]
+    llm = LLM(str(tiny_model_dir), device="cuda", dtype="float32", attention_backend="torch", max_model_len=256,
+              max_num_seqs=8, gpu_memory_utilization=0.3, lora=lora)
+    for p, name, o in zip(prompts, names, llm.generate(prompts, GREEDY, lora=names)):
+        assert o.token_ids == hf_greedy(hf_refs, name, p), f"adapter {name}"
+    del llm
+    kw = dict(device="cuda", dtype="bfloat16", max_model_len=256, max_num_seqs=8, num_kvcache_blocks=64)
+    with_lora = LLM(str(tiny_model_dir), lora=lora, **kw)
+    assert with_lora.runner.graphs and with_lora.runner.backend == "triton"
+    graphs = [o.token_ids for o in LLM(str(tiny_model_dir), **kw).generate(prompts, GREEDY)]
+    eager = [o.token_ids for o in LLM(str(tiny_model_dir), enforce_eager=True, **kw).generate(prompts, GREEDY)]
+    assert [o.token_ids for o in with_lora.generate(prompts, GREEDY)] == graphs
+    mixed = with_lora.generate(prompts, GREEDY, lora=names)
+    # the base row of a mixed batch: the same eager kernels on the same batch shape, plus an exact 0
+    assert mixed[2].token_ids == eager[2]
+    assert mixed[0].token_ids != eager[0] and mixed[1].token_ids != eager[1]
