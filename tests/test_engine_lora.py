@@ -209,3 +209,22 @@ def test_on_gpu_fp32_exact_and_bf16_graphs_stay_base_only(tiny_model_dir, built,
     # the base row of a mixed batch: the same eager kernels on the same batch shape, plus an exact 0
     assert mixed[2].token_ids == eager[2]
     assert mixed[0].token_ids != eager[0] and mixed[1].token_ids != eager[1]
+
+
+def test_an_adapter_written_by_qaforge_train_serves_as_its_merged_model(tiny_model_dir, tmp_path):
+    from train_helpers import write_qa_jsonl
+
+    from qaforge.train.profiles import load_profile
+    from qaforge.train.trainer import train
+
+    data, exam = write_qa_jsonl(tmp_path / "train.jsonl", 32), write_qa_jsonl(tmp_path / "exam.jsonl", 8, seed=1)
+    out = tmp_path / "run"
+    train(load_profile("tiny", model=str(tiny_model_dir), data=str(data), exam=str(exam), output_dir=str(out),
+                       max_steps=4, micro_batch_size=8, grad_accum_steps=1, max_seq_len=128, learning_rate=2e-2,
+                       lora_r=8, lora_alpha=16, rouge_eval=False, tensorboard=False))
+    prompts = prompts_of([11, 30], seed=5)
+    llm = LLM(str(tiny_model_dir), device="cpu", dtype="float32", max_model_len=256, lora={"trained": str(out)})
+    served = llm.generate(prompts + prompts, GREEDY, lora=["trained", "trained", None, None])
+    merged = LLM(str(out / "merged_model"), device="cpu", dtype="float32", max_model_len=256).generate(prompts, GREEDY)
+    assert [o.token_ids for o in served[:2]] == [o.token_ids for o in merged]
+    assert [o.token_ids for o in served[:2]] != [o.token_ids for o in served[2:]]  # training changed the model
