@@ -68,6 +68,7 @@ class ModelRunner:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.graph_sizes: list[int] = []
         self.graph_s = 0.0
+        self.lora = None  # layers.lora.LoraWeights once adapters are registered (load_lora)
 
     # ------------------------------------------------------------------ KV sizing
     def _num_kv_blocks(self) -> int:
@@ -170,23 +171,40 @@ class ModelRunner:
         bt = self.block_table[rows, : self._bt_width(max_ctx)]
         return ids, pos, slots, lens, bt, max_ctx
 
+    # ------------------------------------------------------------------ LoRA
+    def load_lora(self, adapters: dict) -> None:
+        """Register LoRA adapters (name -> PEFT directory); the CUDA graphs stay base-model only."""
+        from .layers.lora import load_lora_weights
+
+        self.lora = load_lora_weights(adapters, self.config.hf_config, self.dtype, self.device)
+
+    def _lora_batch(self, seqs: list[Sequence], meta: AttnMeta):
+        if self.lora is None:
+            return None
+        return self.lora.batch([s.lora_id for s in seqs], meta.cu_seqlens_q, int(meta.slot_mapping.shape[0]))
+
     # ------------------------------------------------------------------ running
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
         model = self.model
         if is_prefill:
             ids, pos, meta, last = self.prepare_prefill(seqs)
+            model.lora_batch = self._lora_batch(seqs, meta)
             hidden = model.forward(ids, pos, meta, self.kv_cache)[last]
         else:
             ids, pos, slots, lens, bt, max_ctx = self.prepare_decode(seqs)
             n = len(seqs)
-            if self.graphs and n <= self.graph_sizes[-1]:
+            # the graphs hold no LoRA update: a batch with adapter rows runs eagerly
+            with_lora = self.lora is not None and any(s.lora_id for s in seqs)
+            if self.graphs and n <= self.graph_sizes[-1] and not with_lora:
                 hidden = self._replay(ids, pos, slots, lens, bt)[:n]
             else:
                 cu = np.arange(n + 1, dtype=np.int64)
                 t_ids, t_pos, t_slots, t_ctx, t_bt, t_cu = self._h2d([ids, pos, slots, lens, bt, cu])
                 meta = AttnMeta(False, t_slots, t_ctx, t_bt, t_cu, 1, max_ctx)
+                model.lora_batch = self._lora_batch(seqs, meta)
                 hidden = model.forward(t_ids, t_pos, meta, self.kv_cache)
+        model.lora_batch = None
         logits = model.compute_logits(hidden)
         return self.sampler(logits, seqs).tolist()
 

@@ -33,6 +33,9 @@ def serve(
     request_timeout: Optional[float] = typer.Option(None, help="seconds per request"),
     warmup: Optional[bool] = typer.Option(None, help="warm up before reporting ready"),
     log_level: Optional[str] = typer.Option(None, help="debug | info | warning"),
+    lora: Optional[list[str]] = typer.Option(None, help="LoRA adapter served unmerged, NAME=PATH; repeatable "
+                                             "(QAFORGE_LORA='a=/p,b=/q'); requests pick it by model"),
+    predict_lora: Optional[str] = typer.Option(None, help="the --lora adapter /predict answers with (base if unset)"),
     graceful_timeout: float = typer.Option(60.0, help="seconds to finish in-flight requests on stop"),
 ) -> None:
     """Serve a model over HTTP: GET / and POST /predict (grader), /v1/* (OpenAI), /health, /metrics."""
@@ -47,7 +50,7 @@ def serve(
                      system_prompt=system_prompt, served_model_name=served_model_name,
                      quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
                      enforce_eager=enforce_eager, request_timeout=request_timeout, warmup=warmup,
-                     log_level=log_level)
+                     log_level=log_level, lora=",".join(lora) if lora else None, predict_lora=predict_lora)
     try:
         settings = ServeSettings.from_env(**overrides)
     except ValueError as exc:

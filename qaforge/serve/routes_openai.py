@@ -24,34 +24,41 @@ router = APIRouter(prefix="/v1")
 @router.get("/models")
 async def models(request: Request) -> JSONResponse:
     state = get_state(request)
-    return JSONResponse({"object": "list", "data": [{
-        "id": state.settings.model_name, "object": "model", "created": 0, "owned_by": "qaforge",
-        "root": state.model_path or state.settings.model, "max_model_len": state.settings.max_model_len,
-    }]})
+    s = state.settings
+    base = {"id": s.model_name, "object": "model", "created": 0, "owned_by": "qaforge",
+            "root": state.model_path or s.model, "parent": None, "max_model_len": s.max_model_len}
+    # vLLM's listing: each LoRA adapter after the base, its directory as root, the base as parent
+    adapters = [dict(base, id=name, root=path, parent=s.model_name) for name, path in s.lora_modules.items()]
+    return JSONResponse({"object": "list", "data": [base] + adapters})
 
 
-def _check_common(state: ServerState, body: OpenAIFields) -> None:
-    known = {state.settings.model_name, state.settings.model, state.model_path}
-    if body.model not in known:
-        raise ApiError(404, f"model {body.model!r} does not exist; this server serves "
-                            f"{state.settings.model_name!r} (see /v1/models)", "model")
+def _check_common(state: ServerState, body: OpenAIFields) -> str | None:
+    """Checks the fields every endpoint shares; returns the LoRA adapter `model` names (None: the base)."""
+    s = state.settings
+    adapters = s.lora_modules
+    if body.model not in adapters and body.model not in {s.model_name, s.model, state.model_path}:
+        served = ", ".join(repr(m) for m in [s.model_name, *adapters])
+        raise ApiError(404, f"model {body.model!r} does not exist; this server serves {served} "
+                            "(see /v1/models)", "model")
     if body.n != 1:
         raise ApiError(400, "n > 1 is not supported; send separate requests", "n")
     if body.logprobs:
         raise ApiError(400, "logprobs are not supported", "logprobs")
-    if any(not s for s in body.stop_list()):
+    if any(not stop for stop in body.stop_list()):
         raise ApiError(400, "stop strings must not be empty", "stop")
+    return body.model if body.model in adapters else None
 
 
 def _params(service: GenerationService, body: OpenAIFields, prompt_ids: list[int],
-            requested: int | None, param: str) -> Any:
+            requested: int | None, param: str, lora: str | None) -> Any:
     # OpenAI's defaults (temperature 1, top_p 1) unless the request says otherwise.
-    return service.sampling(
+    sampling = service.sampling(
         prompt_ids, requested, param,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=body.top_k or 0, seed=body.seed, ignore_eos=body.ignore_eos,
         repetition_penalty=body.repetition_penalty)
+    return service.engine.bind_lora(sampling, lora)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -115,13 +122,13 @@ def chat_messages(state: ServerState, body: ChatCompletionRequest) -> list[dict[
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     state = get_state(request)
     service = state.ready_service()
-    _check_common(state, body)
+    lora = _check_common(state, body)
     if body.tools:
         raise ApiError(400, "tools are not supported", "tools")
     prompt_ids, splitter = chat_prompt(state, body)
     requested = body.max_completion_tokens or body.max_tokens
-    params = _params(service, body, prompt_ids, requested, "messages")
-    rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.settings.model_name
+    params = _params(service, body, prompt_ids, requested, "messages", lora)
+    rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), lora or state.settings.model_name
     stop = body.stop_list()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -200,14 +207,14 @@ def completion_prompts(state: ServerState, body: CompletionRequest) -> list[list
 async def completions(body: CompletionRequest, request: Request) -> Any:
     state = get_state(request)
     service = state.ready_service()
-    _check_common(state, body)
+    lora = _check_common(state, body)
     if body.echo or body.suffix:
         raise ApiError(400, "echo and suffix are not supported", "echo")
     prompts = completion_prompts(state, body)
     jobs = [(ids, _params(service, body, ids, body.max_tokens,
-                          "prompt" if len(prompts) == 1 else f"prompt[{i}]"))
+                          "prompt" if len(prompts) == 1 else f"prompt[{i}]", lora))
             for i, ids in enumerate(prompts)]
-    rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.settings.model_name
+    rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), lora or state.settings.model_name
     stop = body.stop_list()
     if body.stream:
         if len(jobs) != 1:
