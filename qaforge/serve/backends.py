@@ -197,7 +197,17 @@ class VllmEngine(Engine):
     def engine_args(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
-        return AsyncEngineArgs(**self.engine_kwargs())
+        kwargs = self.engine_kwargs()
+        try:  # vLLM >= 0.11: the JSON layout is an engine setting, not a request's
+            from vllm.config import StructuredOutputsConfig
+        except ImportError:
+            pass
+        else:
+            # llguidance, the native engine's grammar library, with compact JSON: the same answers'
+            # shape on both engines, and no endless whitespace from a weak model.
+            kwargs.setdefault("structured_outputs_config", StructuredOutputsConfig(
+                backend="guidance", disable_any_whitespace=True))
+        return AsyncEngineArgs(**kwargs)
 
     async def start(self) -> None:
         # In a thread: importing vllm and building the engine (worker process, profiling, graphs)
@@ -233,8 +243,8 @@ class VllmEngine(Engine):
             output_kind=self._delta)
 
     async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
-        # vLLM compiles the grammar itself (its structured-output backend, xgrammar or llguidance).
-        # Compact JSON, as on the native engine: free whitespace lets a weak model wander.
+        # vLLM compiles and enforces the grammar itself (engine_args picks its llguidance backend).
+        # disable_any_whitespace is read per request by older vLLMs, from the engine config by newer.
         if response_format["type"] == "json_object":
             spec = dict(json_object=True, disable_any_whitespace=True)
         else:
