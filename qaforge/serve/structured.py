@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qaforge.serve.backends import LoraSampling
 from qaforge.serve.errors import ApiError
 from qaforge.serve.schemas import OpenAIFields
 from qaforge.serve.service import GenerationService
@@ -37,6 +38,8 @@ async def constrained(service: GenerationService, sampling: Any, body: OpenAIFie
     fmt = requested_format(body)
     if fmt is None:
         return sampling
+    if isinstance(sampling, LoraSampling):  # constrain the engine's own object, keep the adapter binding
+        return LoraSampling(await constrained(service, sampling.sampling, body), sampling.lora)
     try:
         return await service.engine.constrain(sampling, fmt)
     except ValueError as exc:
