@@ -8,7 +8,9 @@ import random
 from pathlib import Path
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SEED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "seed_data" / "pmpp_qa_v2.jsonl"
+_REPO = Path(__file__).resolve().parents[2]
+# ../shared beside the checkout, or shared/ inside the copy a device machine gets
+SEED_CANDIDATES = [root / "shared" / "seed_data" / "pmpp_qa_v2.jsonl" for root in (_REPO.parent, _REPO)]
 EXAM_SIZE = 193  # as the course project's held-out split
 # The course project's dataset (pmpp_qa_v2.jsonl, 3,099 pairs): histogram of estimated Qwen3 token lengths of the
 # full chat sample (system + question + answer + template), 8-token bins (lower edge, count),
@@ -154,9 +156,10 @@ def prepare(work: Path, model: str | None, data: str | None, exam: str | None, d
     if data:
         train, exam_path = (Path(data), Path(exam)) if exam else split_file(Path(data), work / "data")
         source = data
-    elif SEED_DATA.is_file():
-        train, exam_path = split_file(SEED_DATA, work / "data")
-        source = str(SEED_DATA.resolve())
+    elif any(c.is_file() for c in SEED_CANDIDATES):
+        seed = next(c for c in SEED_CANDIDATES if c.is_file())
+        train, exam_path = split_file(seed, work / "data")
+        source = str(seed.resolve())
     else:
         tokenizer = synthetic_texts(work / "data")
         train, exam_path, source = work / "data/train.jsonl", work / "data/exam.jsonl", "synthetic (seed lengths)"
