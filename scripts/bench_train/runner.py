@@ -40,6 +40,10 @@ def parse_args(argv=None):
     parser.add_argument("--work", default="/tmp/qaforge_bench_train")
     parser.add_argument("--keep-cache", action="store_true", help="do not empty the compile caches first")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: a smoke run")
+    # the commands in docs/benchmarks.md predate the package: every variant now starts cold and the
+    # old whole-profile run is the end-to-end variants, so these two change nothing
+    parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--skip-profile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for flag, path in (("--model", args.model), ("--data", args.data), ("--exam", args.exam)):
         if path and not Path(path).exists():
