@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-PRICES_FILE = Path(__file__).with_name("prices.yaml")
+from qaforge.paths import PRICES_FILE
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
 ITEMS_SCHEMA = {
     "name": "qa_items",
