@@ -72,6 +72,7 @@ def generate(
 ) -> None:
     """Generate a QA dataset from a textbook; prints a summary table and writes report.json/report.md."""
     generator = _pick_generator(generator, {"api_base": api_base, "api_key": api_key, "model": model})
+    chapter_targets = _parse_targets(targets)  # before any work: a typo is refused, not found after the run
     _check_flags(generator, judge_threshold, response_format, [(corpus, "--corpus"), (chapter_map, "--chapter-map"),
                  (prompts, "--prompts"), (keywords, "--keywords")] + [(p, "--dedup-against") for p in dedup_against or ()])
     from qaforge.generate.corpus import CorpusError
@@ -86,7 +87,7 @@ def generate(
                          questions_per_call=questions_per_call, max_rounds=max_rounds,
                          response_format=response_format, temperature=temperature, max_tokens=max_tokens,
                          prompt_dir=prompts, keywords_file=keywords, grounding_threshold=grounding_threshold,
-                         price_in_per_1k=price_in, price_out_per_1k=price_out, targets=_parse_targets(targets))
+                         price_in_per_1k=price_in, price_out_per_1k=price_out, targets=chapter_targets)
         for key, value in (("base_url", api_base), ("api_key", api_key), ("model", model)):
             if value:  # else LLMOptions' environment defaults
                 setattr(llm, key, value)
