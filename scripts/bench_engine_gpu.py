@@ -3,6 +3,7 @@ then run the engine benchmark's workloads (qaforge.bench.engine, with HF generat
 Writes JSON under $OUT. From the repository root:
 
     PYTHONUNBUFFERED=1 python -m scripts.bench_engine_gpu [--skip-checks] [--workloads W2,W3,W1,W1f,W4]
+        [--kv-cache-dtype fp8] [--quantization fp8]
 """
 from __future__ import annotations
 
@@ -210,7 +211,10 @@ def main():
     ap.add_argument("--max-num-seqs", type=int, default=1024)
     ap.add_argument("--cuda-graph-max-bs", type=int, default=512)
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="auto | fp8 (the native engine's KV cache)")
+    ap.add_argument("--quantization", default=None, help="fp8: fp8 weights in the native engine")
     a = ap.parse_args()
+    res["engine_options"] = {"kv_cache_dtype": a.kv_cache_dtype, "quantization": a.quantization}
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
     t = time.time()
     bench.make_random_qwen3_06b(MODEL)
@@ -227,7 +231,8 @@ def main():
     def _():
         return bench.run_native(MODEL, a.workloads.split(","), 1.0, device="cuda", dtype="bfloat16",
                                 max_model_len=4096, max_num_seqs=a.max_num_seqs, max_num_batched_tokens=16384,
-                                gpu_memory_utilization=0.85, cuda_graph_max_bs=a.cuda_graph_max_bs)
+                                gpu_memory_utilization=0.85, cuda_graph_max_bs=a.cuda_graph_max_bs,
+                                kv_cache_dtype=a.kv_cache_dtype, quantization=a.quantization)
     if isinstance(res.get("native"), dict):
         flat = dict(res["native"])
         if isinstance(res.get("hf_W2"), dict):

@@ -14,6 +14,7 @@ import torch
 
 from .config import EngineConfig
 from .layers.attn_meta import AttnMeta
+from .layers.fp8 import check_kv_backend, kv_torch_dtype, quantize_model
 from .layers.ops import TorchOps, triton_ops
 from .models.qwen import QwenForCausalLM
 from .sampler import Sampler
@@ -41,6 +42,8 @@ class ModelRunner:
         torch.manual_seed(c.seed)
         t0 = time.perf_counter()
         self.model = QwenForCausalLM(c.model, c.hf_config, self.dtype, self.device, max_positions=c.max_model_len)
+        # fp8 weights replace the loaded ones before the KV cache is sized, so the memory they free goes to KV
+        self.fp8_info = quantize_model(self.model) if c.quantization == "fp8" else None
         self.load_s = time.perf_counter() - t0
         backend = c.attention_backend
         if backend == "auto":
@@ -53,16 +56,19 @@ class ModelRunner:
         self.sampler = Sampler(self.device, c.max_num_seqs)
         a = self.model.args
         self.block_size = c.block_size
+        self.kv_dtype = kv_torch_dtype(c.kv_cache_dtype, self.dtype)
+        check_kv_backend(self.kv_dtype, backend, self.device)
         self.block_bytes = 2 * a.num_hidden_layers * c.block_size * a.num_key_value_heads * a.head_dim \
-            * torch.empty((), dtype=self.dtype).element_size()
+            * torch.empty((), dtype=self.kv_dtype).element_size()
         self.num_blocks = self._num_kv_blocks()
         self.kv_cache = torch.zeros((2, a.num_hidden_layers, self.num_blocks + 1, c.block_size,
-                                     a.num_key_value_heads, a.head_dim), dtype=self.dtype, device=self.device)
+                                     a.num_key_value_heads, a.head_dim), dtype=self.kv_dtype, device=self.device)
         self.trash_slot = self.num_blocks * c.block_size
         self.block_table = block_table  # set by the engine (BlockManager.table)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.graph_sizes: list[int] = []
         self.graph_s = 0.0
+        self.lora = None  # layers.lora.LoraWeights once adapters are registered (load_lora)
 
     # ------------------------------------------------------------------ KV sizing
     def _num_kv_blocks(self) -> int:
@@ -81,7 +87,7 @@ class ModelRunner:
         a = self.model.args
         tmp_blocks = n * c.max_blocks_per_seq
         tmp = torch.zeros((2, a.num_hidden_layers, tmp_blocks + 1, c.block_size, a.num_key_value_heads, a.head_dim),
-                          dtype=self.dtype, device=self.device)
+                          dtype=self.kv_dtype, device=self.device)
         seqs_len = c.max_model_len
         bt = torch.arange(tmp_blocks, device=self.device, dtype=torch.int64).view(n, -1)
         pos = torch.arange(seqs_len, device=self.device).repeat(n)
@@ -165,23 +171,40 @@ class ModelRunner:
         bt = self.block_table[rows, : self._bt_width(max_ctx)]
         return ids, pos, slots, lens, bt, max_ctx
 
+    # ------------------------------------------------------------------ LoRA
+    def load_lora(self, adapters: dict) -> None:
+        """Register LoRA adapters (name -> PEFT directory); the CUDA graphs stay base-model only."""
+        from .layers.lora import load_lora_weights
+
+        self.lora = load_lora_weights(adapters, self.config.hf_config, self.dtype, self.device)
+
+    def _lora_batch(self, seqs: list[Sequence], meta: AttnMeta):
+        if self.lora is None:
+            return None
+        return self.lora.batch([s.lora_id for s in seqs], meta.cu_seqlens_q, int(meta.slot_mapping.shape[0]))
+
     # ------------------------------------------------------------------ running
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
         model = self.model
         if is_prefill:
             ids, pos, meta, last = self.prepare_prefill(seqs)
+            model.lora_batch = self._lora_batch(seqs, meta)
             hidden = model.forward(ids, pos, meta, self.kv_cache)[last]
         else:
             ids, pos, slots, lens, bt, max_ctx = self.prepare_decode(seqs)
             n = len(seqs)
-            if self.graphs and n <= self.graph_sizes[-1]:
+            # the graphs hold no LoRA update: a batch with adapter rows runs eagerly
+            with_lora = self.lora is not None and any(s.lora_id for s in seqs)
+            if self.graphs and n <= self.graph_sizes[-1] and not with_lora:
                 hidden = self._replay(ids, pos, slots, lens, bt)[:n]
             else:
                 cu = np.arange(n + 1, dtype=np.int64)
                 t_ids, t_pos, t_slots, t_ctx, t_bt, t_cu = self._h2d([ids, pos, slots, lens, bt, cu])
                 meta = AttnMeta(False, t_slots, t_ctx, t_bt, t_cu, 1, max_ctx)
+                model.lora_batch = self._lora_batch(seqs, meta)
                 hidden = model.forward(t_ids, t_pos, meta, self.kv_cache)
+        model.lora_batch = None
         logits = model.compute_logits(hidden)
         return self.sampler(logits, seqs).tolist()
 

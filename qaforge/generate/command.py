@@ -68,6 +68,7 @@ def generate(
     price_out: Annotated[Optional[float], typer.Option(help="Price per 1k completion tokens.")] = None,
     judge_threshold: Annotated[Optional[float], typer.Option(help="Drop pairs an LLM judge scores below this (1-5) against their source chunk; counted as the rule 'judge'.")] = None,
     judge_model: Annotated[Optional[str], typer.Option(help="Judge model for --judge-threshold (default: the generating model, same API).")] = None,
+    with_reasoning: Annotated[bool, typer.Option(help="Ask the LLM for a reasoning trace per answer (qa.json 'reasoning'; train lines get it as the answer's <think> block).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate a QA dataset from a textbook; prints a summary table and writes report.json/report.md."""
@@ -79,6 +80,9 @@ def generate(
     from qaforge.generate.pipeline import generate_dataset
     from qaforge.paths import DEFAULT_CORPUS_DIR
 
+    if with_reasoning and generator != "llm":
+        bad_input("needs --generator llm (the rules generator writes no reasoning)", "--with-reasoning")
+
     llm = None
     if generator == "llm":
         from qaforge.generate.llm_client import LLMOptions
@@ -87,7 +91,8 @@ def generate(
                          questions_per_call=questions_per_call, max_rounds=max_rounds,
                          response_format=response_format, temperature=temperature, max_tokens=max_tokens,
                          prompt_dir=prompts, keywords_file=keywords, grounding_threshold=grounding_threshold,
-                         price_in_per_1k=price_in, price_out_per_1k=price_out, targets=chapter_targets)
+                         price_in_per_1k=price_in, price_out_per_1k=price_out, targets=chapter_targets,
+                         with_reasoning=with_reasoning)
         for key, value in (("base_url", api_base), ("api_key", api_key), ("model", model)):
             if value:  # else LLMOptions' environment defaults
                 setattr(llm, key, value)

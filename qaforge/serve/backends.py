@@ -13,8 +13,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -33,10 +36,32 @@ class TokenDelta:
     finish_reason: str | None = None  # "stop" (EOS) | "length" | "abort"
 
 
+@dataclass(frozen=True)
+class LoraSampling:
+    """An engine's sampling object bound to a LoRA adapter (None: the base model) by `Engine.bind_lora`:
+    it travels through the service unchanged and the backend unwraps it in generate()."""
+    sampling: Any
+    lora: str | None
+
+
 class Engine(abc.ABC):
     """What the HTTP layer needs from an inference engine."""
 
     name: str = "engine"
+    settings: ServeSettings
+
+    def bind_lora(self, sampling: Any, lora: str | None) -> LoraSampling:
+        """`sampling` for the adapter `lora` (a --lora name; None: the base model)."""
+        if lora is not None and lora not in self.settings.lora_modules:
+            raise ValueError(f"unknown LoRA adapter {lora!r}")
+        return LoraSampling(sampling, lora)
+
+    def unbind_lora(self, sampling: Any) -> tuple[Any, str | None]:
+        """The engine's sampling object and its adapter. Unbound requests (/predict, warm-up) get the
+        --predict-lora adapter, or the base model."""
+        if isinstance(sampling, LoraSampling):
+            return sampling.sampling, sampling.lora
+        return sampling, self.settings.predict_lora or None
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -60,6 +85,11 @@ class Engine(abc.ABC):
         """Engine-side counters for /metrics and /health (optional)."""
         return {}
 
+    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+        """`sampling` restricted to a checked response format (serve/structured.py):
+        {"type": "json_object"} or {"type": "json_schema", "schema": {...}}. ValueError if refused."""
+        raise ValueError(f"the {self.name} engine does not support structured output")
+
 
 class NativeEngine(Engine):
     """qaforge's own paged-KV engine (qaforge.engine.async_engine.AsyncLLM)."""
@@ -70,6 +100,9 @@ class NativeEngine(Engine):
         self.model_path = model_path
         self.settings = settings
         self._llm: Any = None
+        self._vocab: Any = None                  # engine.structured.Vocabulary, on first use
+        self._grammars: dict[str, Any] = {}      # response format (JSON text) -> Grammar
+        self._grammar_lock = threading.Lock()
 
     def engine_kwargs(self) -> dict[str, Any]:
         s = self.settings
@@ -79,6 +112,10 @@ class NativeEngine(Engine):
                       max_num_batched_tokens=max(s.max_num_batched_tokens, s.max_model_len),
                       gpu_memory_utilization=s.gpu_memory_utilization,
                       enable_prefix_caching=s.enable_prefix_caching, enforce_eager=s.enforce_eager)
+        if s.quantization:  # the seed's vLLM setting ("fp8") means the same in the native engine
+            kwargs["quantization"] = s.quantization
+        if s.lora_modules:
+            kwargs["lora"] = s.lora_modules  # loaded and checked against the model by the engine
         kwargs.update(s.extra)
         return kwargs
 
@@ -101,9 +138,39 @@ class NativeEngine(Engine):
         return self._SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                     seed=seed, ignore_eos=ignore_eos, repetition_penalty=repetition_penalty)
 
+    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+        # In a thread: the first call builds llguidance's vocabulary (about a second for Qwen3) and
+        # compiling a large schema can take as long; the event loop keeps serving meanwhile.
+        grammar = await asyncio.to_thread(self._grammar, response_format)
+        return dataclasses.replace(sampling, grammar=grammar)
+
+    def _grammar(self, response_format: dict[str, Any]) -> Any:
+        from qaforge.engine.structured import Vocabulary
+        from qaforge.modeling import load_tokenizer
+
+        key = json.dumps(response_format, sort_keys=True)
+        with self._grammar_lock:
+            if key in self._grammars:  # clients send the same schema again and again
+                return self._grammars[key]
+            if self._vocab is None:
+                llm = self._llm.llm
+                self._vocab = Vocabulary(load_tokenizer(self.model_path), llm.vocab_size,
+                                         llm.eos_token_ids)
+            vocab = self._vocab
+        if response_format["type"] == "json_object":
+            grammar = vocab.json_object()
+        else:
+            grammar = vocab.json_schema(response_format["schema"])
+        with self._grammar_lock:
+            if len(self._grammars) >= 128:
+                self._grammars.pop(next(iter(self._grammars)))
+            self._grammars[key] = grammar
+        return grammar
+
     def generate(self, prompt_ids: list[int], sampling: Any, request_id: str) -> AsyncIterator[TokenDelta]:
         # AsyncLLM's RequestOutput has TokenDelta's fields; closing it aborts the request.
-        return self._llm.generate(prompt_ids, sampling, request_id)
+        sampling, lora = self.unbind_lora(sampling)
+        return self._llm.generate(prompt_ids, sampling, request_id, lora=lora)
 
     async def shutdown(self) -> None:
         if self._llm is not None:
@@ -129,9 +196,8 @@ class VllmEngine(Engine):
         self.settings = settings
         self._llm: Any = None
 
-    def engine_args(self) -> Any:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-
+    def engine_kwargs(self) -> dict[str, Any]:
+        """vLLM's AsyncEngineArgs fields, by their names (vllm.engine.arg_utils)."""
         s = self.settings
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
@@ -142,14 +208,34 @@ class VllmEngine(Engine):
             gpu_memory_utilization=s.gpu_memory_utilization,
             enable_prefix_caching=s.enable_prefix_caching,
             enforce_eager=s.enforce_eager,
-            tensor_parallel_size=1,
+            # `vllm serve -tp N -dp M`: with M > 1 vLLM's AsyncLLM starts M engine processes and
+            # balances requests over them itself (its internal load balancer).
+            tensor_parallel_size=s.tensor_parallel_size,
+            data_parallel_size=s.data_parallel_size,
             disable_log_stats=True,
         )
         if s.dtype != "auto":
             kwargs["dtype"] = s.dtype
         if s.quantization:
             kwargs["quantization"] = s.quantization
+        if s.lora_modules:
+            kwargs.update(vllm_lora_args(lora_ranks(self.model_path, s.lora_modules)))
         kwargs.update(s.extra)
+        return kwargs
+
+    def engine_args(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        kwargs = self.engine_kwargs()
+        try:  # vLLM >= 0.11: the JSON layout is an engine setting, not a request's
+            from vllm.config import StructuredOutputsConfig
+        except ImportError:
+            pass
+        else:
+            # llguidance, the native engine's grammar library, with compact JSON: the same answers'
+            # shape on both engines, and no endless whitespace from a weak model.
+            kwargs.setdefault("structured_outputs_config", StructuredOutputsConfig(
+                backend="guidance", disable_any_whitespace=True))
         return AsyncEngineArgs(**kwargs)
 
     async def start(self) -> None:
@@ -166,10 +252,13 @@ class VllmEngine(Engine):
                 f"the vllm engine needs vllm in this interpreter ({sys.executable}): {exc}. On CPU "
                 f"run `.venv-vllm/bin/python -m qaforge.serve ...` (docs/serving.md)") from exc
         from vllm import SamplingParams, TokensPrompt
+        from vllm.lora.request import LoRARequest
         from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._SamplingParams, self._TokensPrompt = SamplingParams, TokensPrompt
+        self._lora_requests = {name: LoRARequest(**fields)
+                               for name, fields in lora_request_fields(self.settings.lora_modules).items()}
         self._delta = RequestOutputKind.DELTA
         args = self.engine_args()
         log.info("vllm engine: %s", args)
@@ -185,11 +274,33 @@ class VllmEngine(Engine):
             detokenize=False,  # the server detokenizes (stop strings, think filtering)
             output_kind=self._delta)
 
+    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+        # vLLM compiles and enforces the grammar itself (engine_args picks its llguidance backend).
+        # disable_any_whitespace is read per request by older vLLMs, from the engine config by newer.
+        if response_format["type"] == "json_object":
+            spec = dict(json_object=True, disable_any_whitespace=True)
+        else:
+            from qaforge.engine.structured import json_schema_grammar
+
+            json_schema_grammar(response_format["schema"])  # a bad schema: 400 now, not a failed stream
+            spec = dict(json=response_format["schema"], disable_any_whitespace=True)
+        try:
+            from vllm.sampling_params import StructuredOutputsParams
+        except ImportError:  # vLLM before 0.11 called it guided decoding
+            from vllm.sampling_params import GuidedDecodingParams
+
+            sampling.guided_decoding = GuidedDecodingParams(**spec)
+            return sampling
+        sampling.structured_outputs = StructuredOutputsParams(**spec)
+        return sampling
+
     async def generate(self, prompt_ids: list[int], sampling: Any,
                        request_id: str) -> AsyncIterator[TokenDelta]:
         prompt = self._TokensPrompt(prompt_token_ids=list(prompt_ids))
+        sampling, lora = self.unbind_lora(sampling)
+        lora_request = self._lora_requests[lora] if lora else None
         # vLLM's generate aborts the request when it is closed or cancelled; closing it is our part.
-        stream = self._llm.generate(prompt, sampling, request_id)
+        stream = self._llm.generate(prompt, sampling, request_id, lora_request=lora_request)
         async with contextlib.aclosing(stream):
             async for out in stream:
                 completion = out.outputs[0]
@@ -199,6 +310,37 @@ class VllmEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def lora_ranks(model_path: str, modules: dict[str, str]) -> dict[str, int]:
+    """Each adapter's rank, after the native engine's checks against the model (vLLM's own errors for an
+    adapter that does not fit come per request, deep in a worker)."""
+    import json
+    from pathlib import Path
+
+    from qaforge.engine.layers.lora import load_adapter
+
+    hf_config = json.loads((Path(model_path) / "config.json").read_text())
+    return {name: load_adapter(name, path, hf_config).rank for name, path in modules.items()}
+
+
+def vllm_lora_args(ranks: dict[str, int]) -> dict[str, Any]:
+    """vLLM engine arguments that serve these adapters (name -> rank), all of them in one batch."""
+    top = max(ranks.values())
+    fits = [r for r in VLLM_LORA_RANKS if r >= top]
+    if not fits:
+        worst = max(ranks, key=ranks.get)
+        raise ValueError(f"LoRA adapter {worst!r} has rank {top}; vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}")
+    return {"enable_lora": True, "max_loras": len(ranks), "max_lora_rank": fits[0]}
+
+
+def lora_request_fields(modules: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """name -> vllm.lora.request.LoRARequest's fields; vLLM wants ids unique and >= 1."""
+    return {name: {"lora_name": name, "lora_int_id": i + 1, "lora_path": path}
+            for i, (name, path) in enumerate(modules.items())}
 
 
 def make_engine(model_path: str, settings: ServeSettings) -> Engine:

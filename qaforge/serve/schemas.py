@@ -6,7 +6,7 @@ fields we cannot honour (n > 1, logprobs, echo, tools) are refused with a messag
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -59,6 +59,19 @@ class StreamOptions(_Body):
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(_Body):
+    name: StrictStr = "response"  # OpenAI requires a name; nothing here depends on it
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # `schema` shadows BaseModel's
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Body):
+    """OpenAI's structured output: plain text, any JSON object, or JSON valid against a schema."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class OpenAIFields(SamplingFields):
     model: StrictStr
     stop: Stop | None = None
@@ -66,6 +79,7 @@ class OpenAIFields(SamplingFields):
     stream_options: StreamOptions | None = None
     n: Annotated[StrictInt, Field(ge=1)] = 1
     logprobs: StrictBool | StrictInt | None = None
+    response_format: ResponseFormat | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -77,6 +91,9 @@ class ChatCompletionRequest(OpenAIFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
     tools: list | None = None
+    # vLLM's extension: variables for the chat template, e.g. {"enable_thinking": true}
+    chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: StrictBool | None = None   # shorthand some clients send at the top level
 
 
 class CompletionRequest(OpenAIFields):

@@ -29,6 +29,7 @@ class ServeSettings:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0      # default for /predict and the OpenAI API; 1 is off
+    predict_thinking: bool = False       # /predict in Qwen3's thinking mode (answers: the content only)
     max_model_len: int = 512             # the course project's context: prompt + answer
     max_num_seqs: int = 256              # sequences the engine runs at once (the course project's vLLM: 4096)
     max_num_batched_tokens: int = 16384
@@ -46,7 +47,17 @@ class ServeSettings:
     gpu_memory_utilization: float = 0.95
     enable_prefix_caching: bool = True
     enforce_eager: bool = False          # False: CUDA graphs
+    tensor_parallel_size: int = 1       # vLLM only: GPUs one model is split over
+    data_parallel_size: int = 1         # vLLM only: model replicas, vLLM balances requests over them
     log_level: str = "info"
+    # LoRA adapters served unmerged, vLLM's NAME=PATH: "a=/p,b=/q" (`--lora` repeatable); requests pick one by
+    # `model`. /predict answers with the base unless predict_lora names one of them.
+    lora: str = ""
+    predict_lora: str = ""
+    # Bearer key for /v1/* (and the grader routes with protect_grader); "" leaves the server open.
+    # repr=False: a settings dump (logs, tracebacks) never shows it.
+    api_key: str = field(default="", repr=False)
+    protect_grader: bool = False         # GET / and POST /predict need the key too
     # Engine kwargs passed through unchanged; env: QAFORGE_ENGINE_ARGS='{"kv_cache_memory_gb": 1}'
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +79,37 @@ class ServeSettings:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.request_timeout <= 0:
             raise ValueError("request_timeout must be > 0 seconds")
+        names = self.lora_modules
+        if self.model and self.model_name in names:
+            raise ValueError(f"--lora: adapter name {self.model_name!r} is the base model's served name")
+        if self.predict_lora and self.predict_lora not in names:
+            raise ValueError(f"--predict-lora {self.predict_lora!r} is not one of the --lora adapters "
+                             f"({', '.join(names) or 'none given'})")
+        self._validate_parallel()
+        # Never quote the key: this message may end up in a log or on a terminal someone shares.
+        if self.api_key and not (self.api_key.isascii() and self.api_key.isprintable()
+                                 and not any(c.isspace() for c in self.api_key)):
+            raise ValueError("api_key (--api-key / QAFORGE_API_KEY) must be printable ASCII "
+                             "without spaces (it travels in an HTTP header)")
+        if self.protect_grader and not self.api_key:
+            raise ValueError("protect_grader (--protect-grader) needs an API key: "
+                             "pass --api-key or set QAFORGE_API_KEY")
+
+    def _validate_parallel(self) -> None:
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.engine == "native" and (self.tensor_parallel_size > 1 or self.data_parallel_size > 1):
+            raise ValueError(
+                f"the native engine runs on one GPU (got --tensor-parallel-size "
+                f"{self.tensor_parallel_size}, --data-parallel-size {self.data_parallel_size}): use "
+                f"--engine vllm for tensor or data parallelism, or run one native server per GPU "
+                f"(CUDA_VISIBLE_DEVICES=N) behind a load balancer (docs/serving.md, 'More than one GPU')")
+
+    @property
+    def lora_modules(self) -> dict[str, str]:
+        """--lora / QAFORGE_LORA parsed: adapter name -> absolute adapter directory, in the order given."""
+        return parse_lora_modules(self.lora)
 
     @property
     def model_name(self) -> str:
@@ -112,6 +154,22 @@ class ServeSettings:
                 continue
             out[ENV_PREFIX + f.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return out
+
+
+def parse_lora_modules(spec: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        name, sep, path = (x.strip() for x in item.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"--lora / {ENV_PREFIX}LORA: {item!r} is not NAME=PATH")
+        if any(c.isspace() for c in name):
+            raise ValueError(f"--lora / {ENV_PREFIX}LORA: adapter name {name!r} contains whitespace")
+        if name in out:
+            raise ValueError(f"--lora / {ENV_PREFIX}LORA: adapter name {name!r} is given twice")
+        out[name] = os.path.abspath(os.path.expanduser(path))
+    return out
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:
