@@ -15,9 +15,9 @@ WORKDIR /app
 # qaforge without its training dependencies: the image's own torch/transformers/vLLM must stay
 # untouched (--no-deps); the server needs only what vLLM's image lacks.
 COPY pyproject.toml README.md ./
+# The package carries its data files (warm-up questions, profiles, sample textbook): qaforge/data, qaforge/profiles.
 COPY qaforge ./qaforge
 COPY serve.py ./
-COPY data/warmup_questions.json ./data/warmup_questions.json
 RUN pip install --no-deps -e . \
     && pip install "typer>=0.12" "rich>=13" "modelscope>=1.20" "huggingface_hub>=0.25"
 

@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: setup demo test test-vllm
+.PHONY: setup demo test test-vllm test-wheel
 setup: $(VENV)/.installed
 
 demo: setup
@@ -24,8 +24,13 @@ demo: setup
 	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	touch $@
 
+# Build the wheel, install it in a fresh venv under /tmp and run it from there (.ci/test_wheel.sh says how).
+test-wheel: setup
+	.ci/test_wheel.sh $(VENV)
+
 test: setup .venv-vllm/.installed
 	@# The review page's browser tests need a real Chromium (Debian's; Playwright's own download is never used).
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ]; then apt-get install -y chromium || \
 		(apt-get update && apt-get install -y chromium); fi
+	$(MAKE) test-wheel
 	$(VENV)/bin/python -m pytest -q -ra --timeout=900

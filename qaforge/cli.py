@@ -3,6 +3,8 @@ the stage modules keep heavy imports inside the functions so `qaforge --help` st
 
 from __future__ import annotations
 
+import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +12,7 @@ import typer
 
 from qaforge.bench.command import bench
 from qaforge.evaluate.command import eval as eval_command
+from qaforge.exit_codes import CRASH, bad_input
 from qaforge.generate.command import generate
 from qaforge.gguf_command import convert
 from qaforge.split_command import split
@@ -34,7 +37,7 @@ app.command("judge")(judge)
 @app.command("tiny")
 def tiny(
     out: Path = typer.Option(Path("runs/tiny_model"), help="Output HF model directory."),
-    corpus: Optional[Path] = typer.Option(None, help="Corpus folder (default: the project's data/corpus)."),
+    corpus: Optional[Path] = typer.Option(None, help="Corpus folder (default: the packaged sample textbook)."),
     seed: int = typer.Option(0, help="Seed: the same seed and corpus give the same model."),
     pretrain_steps: int = typer.Option(400, help="Causal-LM pretraining steps on the corpus text."),
     force: bool = typer.Option(False, help="Rebuild even if an identical build exists."),
@@ -42,6 +45,8 @@ def tiny(
     """Build the embedded tiny Qwen3 (Qwen3ForCausalLM, ~2.6 M params, own BPE tokenizer, Qwen3 chat template)."""
     from qaforge.tiny import TinyConfig, build_tiny
 
+    if corpus is not None and not corpus.exists():
+        bad_input(f"no such folder or file: {corpus}", "--corpus")
     path = build_tiny(out, corpus, TinyConfig(seed=seed, pretrain_steps=pretrain_steps), force=force)
     typer.echo(f"tiny Qwen3 ready: {path}")
 
@@ -62,7 +67,7 @@ def download(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Where every artifact goes."),
     model: Optional[str] = typer.Option(None, help="Base model (default: build the embedded tiny Qwen3)."),
-    corpus: Optional[Path] = typer.Option(None, help="Textbook folder (default: data/corpus)."),
+    corpus: Optional[Path] = typer.Option(None, help="Textbook folder (default: the packaged sample textbook)."),
     exam_size: int = typer.Option(40, help="Held-out exam questions."),
     max_tokens: int = typer.Option(96, help="Answer length limit for evaluation."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -73,8 +78,32 @@ def demo(
     run_demo(out=out, model=model, corpus=corpus, exam_size=exam_size, max_tokens=max_tokens, device=device)
 
 
+@app.command("profiles")
+def profiles() -> None:
+    """List the training profiles `qaforge train --profile NAME` takes (a path to a YAML file works too)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qaforge.paths import PROFILES_DIR
+    from qaforge.train.profiles import DEFAULT_PROFILE, list_profiles
+
+    table = Table(title=f"Training profiles ({PROFILES_DIR})", title_justify="left")
+    table.add_column("profile", style="bold", no_wrap=True)
+    table.add_column("description")
+    for name, description in list_profiles():
+        table.add_row(name + (" (default)" if name == DEFAULT_PROFILE else ""), description)
+    console = Console()
+    # Piped output (grep, CI logs) gets whole lines instead of rich's 80-column default.
+    (console if console.is_terminal else Console(width=160)).print(table)
+
+
 def main() -> None:
-    app()
+    """The `qaforge` entry point: an unexpected error exits 3, apart from 1 (done with shortfalls)."""
+    try:
+        app()
+    except Exception:  # noqa: BLE001 - anything the commands did not turn into exit 1 or 2 is a crash
+        traceback.print_exc()
+        sys.exit(CRASH)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from qaforge.exit_codes import bad_input
+
 
 def convert(
     file: Path = typer.Argument(..., help="The .gguf file (e.g. Qwen2.5-Coder-0.5B-Instruct-Q4_K_M.gguf)."),
@@ -16,6 +18,8 @@ def convert(
     generation_config.json. `--model file.gguf` does this by itself, once, into a cache."""
     from qaforge.gguf import convert as convert_file
 
+    if dtype not in ("float32", "bfloat16", "float16"):
+        bad_input(f"must be float32, bfloat16 or float16, got {dtype!r}", "--dtype")
     if (out / "config.json").exists():
         raise typer.BadParameter(f"{out} already holds a model (config.json); pick a new directory",
                                  param_hint="--out")

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_CORPUS = REPO / "data" / "corpus"
+PROJECT_CORPUS = REPO / "qaforge" / "data" / "corpus"
 WRONG_ANSWER = ("Bananas are yellow fruit that grow in tropical plantations and taste sweet when ripe; "
                 "monkeys and people both enjoy them at breakfast.")
 

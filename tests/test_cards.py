@@ -18,7 +18,7 @@ REPORT = {
 
 def test_dataset_card_loads_with_the_reports_figures(tmp_path):
     path = write_dataset_card(tmp_path, REPORT, ["什么是warp？warp是GPU调度的基本单位 scheduling unit"], name="pmpp-qa",
-                              license="cc-by-4.0", corpus="data/corpus")
+                              license="cc-by-4.0", corpus="qaforge/data/corpus")
     card = DatasetCard.load(path)
     assert card.data.license == "cc-by-4.0"
     assert card.data.language == ["zh", "en"]

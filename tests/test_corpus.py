@@ -12,7 +12,7 @@ from qaforge.generate.corpus import (CorpusError, chunk_chapter, chunk_corpus, l
                                      split_sentences)
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_CORPUS = REPO / "data" / "corpus"
+PROJECT_CORPUS = REPO / "qaforge" / "data" / "corpus"
 GLOSSARY = REPO.parent / "shared" / "corpus" / "gpu-glossary"
 
 
@@ -147,7 +147,7 @@ def test_chunk_invariants(tmp_path, paragraphs, size):
     assert text[covered:].strip() == ""
 
 
-@pytest.mark.skipif(not PROJECT_CORPUS.is_dir(), reason="project corpus data/corpus not present")
+@pytest.mark.skipif(not PROJECT_CORPUS.is_dir(), reason="project corpus qaforge/data/corpus not present")
 def test_project_corpus_chapters():
     chapters = load_corpus(PROJECT_CORPUS)
     assert [c.number for c in chapters] == [1, 2, 3, 4, 5, 6, 7, 13, 16, 17, 20]

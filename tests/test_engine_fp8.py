@@ -51,7 +51,7 @@ def corpus_prompts(tiny_model_dir):
     continuations are decided by real margins rather than near-ties over random ids."""
     from qaforge.modeling import load_tokenizer
     tok = load_tokenizer(str(tiny_model_dir))
-    text = sorted((REPO / "data" / "corpus").glob("*.md"))[2].read_text(encoding="utf-8")
+    text = sorted((REPO / "qaforge" / "data" / "corpus").glob("*.md"))[2].read_text(encoding="utf-8")
     ids = tok(text)["input_ids"]
     r = random.Random(0)
     out = []

@@ -22,7 +22,7 @@ from qaforge.testing.fault_llm_server import FaultConfig, FaultLLMServer
 
 REPO = Path(__file__).resolve().parents[1]
 GLOSSARY = REPO.parent / "shared" / "corpus" / "gpu-glossary"
-PROJECT_CORPUS = REPO / "data" / "corpus"
+PROJECT_CORPUS = REPO / "qaforge" / "data" / "corpus"
 COMPARED = ("qa.json", "train.jsonl", "exam.jsonl", "dataset_info.json")
 
 
@@ -75,7 +75,7 @@ def _journal_calls(out: Path) -> int:
     return sum(1 for line in path.read_bytes().split(b"\n") if line.startswith(b'{"type": "call"'))
 
 
-@pytest.mark.skipif(not PROJECT_CORPUS.is_dir(), reason="project corpus data/corpus not present")
+@pytest.mark.skipif(not PROJECT_CORPUS.is_dir(), reason="project corpus qaforge/data/corpus not present")
 def test_sigkill_and_resume_gives_the_uninterrupted_dataset(tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -14,11 +14,11 @@ from qaforge.generate.progress import PROGRESS_KEYS
 from qaforge.textnorm import jaccard, normalize, shingles
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_CORPUS = REPO / "data" / "corpus"
+PROJECT_CORPUS = REPO / "qaforge" / "data" / "corpus"
 DATASET_FILES = ("qa.json", "train.jsonl", "exam.jsonl", "dataset_info.json", "train_sharegpt.jsonl",
                  "exam_chatml.jsonl")
 
-pytestmark = pytest.mark.skipif(not PROJECT_CORPUS.is_dir(), reason="project corpus data/corpus not present")
+pytestmark = pytest.mark.skipif(not PROJECT_CORPUS.is_dir(), reason="project corpus qaforge/data/corpus not present")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from qaforge.generate.prompts import load_prompts
 from qaforge.testing.fault_llm_server import FaultConfig, FaultLLMServer
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_CORPUS = REPO / "data" / "corpus"
+PROJECT_CORPUS = REPO / "qaforge" / "data" / "corpus"
 
 
 def _env() -> dict[str, str]:

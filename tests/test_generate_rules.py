@@ -11,7 +11,7 @@ from qaforge.generate.corpus import chunk_corpus, load_corpus, read_text
 from qaforge.generate.rules import generate_rules_qa
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_CORPUS = REPO / "data" / "corpus"
+PROJECT_CORPUS = REPO / "qaforge" / "data" / "corpus"
 
 SAMPLE = """# Chapter 4 Memory（内存）
 
@@ -64,7 +64,7 @@ def test_answers_are_the_source_text(sample_items):
         assert chunk.char_start <= qa.char_start < qa.char_end <= chunk.char_end
 
 
-@pytest.mark.skipif(not PROJECT_CORPUS.is_dir(), reason="project corpus data/corpus not present")
+@pytest.mark.skipif(not PROJECT_CORPUS.is_dir(), reason="project corpus qaforge/data/corpus not present")
 def test_project_corpus_yields_hundreds_deterministically():
     chunks = chunk_corpus(load_corpus(PROJECT_CORPUS), PROJECT_CORPUS)
     first = [(c.chunk_id, qa) for c, qa in generate_rules_qa(chunks)]

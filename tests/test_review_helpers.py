@@ -21,7 +21,7 @@ CORPUS_FILES = ("ch01_*.md", "ch02_*.md")
 
 
 def build_dataset(base: Path) -> Path:
-    """`qaforge generate --generator rules` over chapters 1-2 of data/corpus (real pipeline, ~60 pairs)."""
+    """`qaforge generate --generator rules` over chapters 1-2 of qaforge/data/corpus (real pipeline, ~60 pairs)."""
     from qaforge.generate.pipeline import generate_dataset
 
     corpus = base / "corpus"

@@ -114,3 +114,56 @@ def test_cuda_graphs_auto_policy(monkeypatch):
     assert not use_cuda_graphs(load_profile("fast_v7", cuda_graphs=False), "cuda", True, 10**6)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert not use_cuda_graphs(load_profile("fast_v7", cuda_graphs=True), "cuda", True, 10**6)
+
+
+def test_every_packaged_profile_has_a_one_line_description():
+    from qaforge.train.profiles import list_profiles
+
+    described = dict(list_profiles())
+    assert EXPECTED <= set(described)
+    for name, line in described.items():
+        assert 20 < len(line) <= 120 and "\n" not in line, (name, line)
+    assert "CONTAMINATED" in described["fast_v7_final"]
+
+
+def test_description_falls_back_to_the_first_sentence(tmp_path):
+    from qaforge.train.profiles import profile_description
+
+    path = tmp_path / "mine.yaml"
+    path.write_text("description: >\n  Short rows for a smoke test. Nothing else.\nlora_r: 4\n", encoding="utf-8")
+    assert profile_description(path) == "Short rows for a smoke test."
+
+
+def test_a_yaml_path_may_name_a_packaged_base_or_one_beside_it(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: fast_v7\nlora_r: 8\n", encoding="utf-8")
+    (tmp_path / "local_base.yaml").write_text("lora_r: 4\nnum_epochs: 3\n", encoding="utf-8")
+    (tmp_path / "child.yaml").write_text("base: local_base\nlearning_rate: 1.0e-3\n", encoding="utf-8")
+    mine = load_profile(str(tmp_path / "mine.yaml"))
+    assert mine.profile == "mine" and mine.lora_r == 8 and mine.lora_alpha == 64  # the rest from fast_v7
+    child = load_profile(str(tmp_path / "child.yaml"))
+    assert (child.lora_r, child.num_epochs, child.learning_rate) == (4, 3, 1e-3)
+
+
+def test_missing_yaml_path_and_wrong_types_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="profile names: .*fast_v7"):
+        load_profile(str(tmp_path / "nope.yaml"))
+    (tmp_path / "typed.yaml").write_text("lora_r: eight\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"typed.yaml: lora_r must be int, got 'eight'"):
+        load_profile(str(tmp_path / "typed.yaml"))
+    (tmp_path / "broken.yaml").write_text("lora_r: 8\ntarget_modules: [q_proj\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"broken.yaml:\d+: not valid YAML"):
+        load_profile(str(tmp_path / "broken.yaml"))
+    with pytest.raises(ValueError, match="num_epochs must be float"):
+        load_profile("tiny", num_epochs="two")
+
+
+def test_qaforge_profiles_lists_names_and_descriptions():
+    from typer.testing import CliRunner
+
+    from qaforge.cli import app
+
+    result = CliRunner().invoke(app, ["profiles"])
+    assert result.exit_code == 0, result.output
+    for name in EXPECTED:
+        assert name in result.output
+    assert "fast_v7 (default)" in result.output and "CONTAMINATED" in result.output

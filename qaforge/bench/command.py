@@ -6,6 +6,8 @@ from typing import List, Optional
 
 import typer
 
+from qaforge.exit_codes import bad_input
+
 
 def bench(
     endpoint: List[str] = typer.Option([], help="base URL to test (repeat to compare)"),
@@ -28,11 +30,20 @@ def bench(
     out_dir: str = typer.Option("runs/bench", help="where bench.json and bench.png go"),
     timeout: float = typer.Option(600.0, help="seconds per request"),
 ) -> None:
-    """Measure TTFT, TPOT, ITL, end-to-end latency, requests/s and output tokens/s."""
-    from qaforge.bench.load import run_bench
+    """Measure TTFT, TPOT, ITL, end-to-end latency, requests/s and output tokens/s. Exit 1 if a request failed."""
+    from qaforge.bench.load import APIS, dataset_prompts, run_bench
 
     if not endpoint and not (serve_model and engine):
-        raise typer.BadParameter("give --endpoint URL (repeatable), or --serve-model PATH with --engine")
+        bad_input("give --endpoint URL (repeatable), or --serve-model PATH with --engine")
+    if api not in APIS:
+        bad_input(f"must be one of {', '.join(APIS)}, got {api!r}", "--api")
+    if any(name not in ("native", "vllm") for name in engine):
+        bad_input(f"must be native or vllm, got {engine}", "--engine")
+    if prompts != "random":
+        try:  # read once up front, so a bad file is named before any server starts
+            dataset_prompts(prompts, 1)
+        except (OSError, ValueError) as exc:
+            bad_input(f"{prompts}: {exc}" if prompts not in str(exc) else str(exc), "--prompts")
     try:
         report = run_bench(endpoint, labels=label or None, api=api, model=model,
                            num_requests=num_requests, request_rate=request_rate,
@@ -41,7 +52,7 @@ def bench(
                            seed=seed, tokenizer=tokenizer, serve_model=serve_model, engines=engine,
                            out_dir=out_dir, timeout=timeout, ignore_eos=ignore_eos)
     except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+        bad_input(str(exc))
     typer.echo(f"wrote {report['files']['json']} and {report['files']['png']}")
     if any(r["failed"] for r in report["results"]):
         raise typer.Exit(1)

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from qaforge.exit_codes import bad_input, shortfall
+
 
 def eval(  # noqa: A001 - the command is called "eval"
     data: Path = typer.Option(..., "--data", help="Exam file: alpaca JSONL {instruction,input,output,difficulty,"
@@ -53,21 +55,20 @@ def eval(  # noqa: A001 - the command is called "eval"
                                         "batch/ok."),
     predict_budget: float = typer.Option(360.0, "--predict-budget", help="Grader mode: seconds for all answers."),
 ) -> None:
-    """Score answers with ROUGE-L (LLaMA-Factory-identical) and the course metric, beside baselines; or simulate the grader."""
-    if grader:
-        from qaforge.evaluate.grader import simulate_grader
+    """Score answers with ROUGE-L (LLaMA-Factory-identical) and the course metric, beside baselines; or simulate the grader.
 
-        if mode not in ("auto", "batch", "ok"):
-            raise typer.BadParameter("must be auto, batch or ok", param_hint="--mode")
-        result = simulate_grader(grader, data, limit=limit, chunk_size=chunk_size, repeat=repeat, mode=mode,
-                                 tokenizer=tokenizer, health_budget_s=health_budget,
-                                 predict_budget_s=predict_budget, out_dir=out)
-        raise typer.Exit(0 if result["passed"] else 1)
+    Exit 1: the exam overlaps the train file (contaminated), or the simulated grader did not pass."""
+    from qaforge.dataset import DatasetFormatError
+
+    if not data.is_file():
+        bad_input(f"no such file: {data}", "--data")
+    if grader:
+        _simulate_grader(grader, data, limit=limit, chunk_size=chunk_size, repeat=repeat, mode=mode,
+                         tokenizer=tokenizer, health_budget_s=health_budget, predict_budget_s=predict_budget, out_dir=out)
     if backend not in ("auto", "native", "hf"):
         raise typer.BadParameter("must be auto, native or hf", param_hint="--backend")
     if endpoint_api not in ("auto", "openai", "predict"):
         raise typer.BadParameter("must be auto, openai or predict", param_hint="--endpoint-api")
-    from qaforge.dataset import DatasetFormatError
     from qaforge.evaluate.run import evaluate
 
     try:
@@ -82,5 +83,20 @@ def eval(  # noqa: A001 - the command is called "eval"
             add_judge_scores(results, out, base_url=judge, model=judge_model, api_key=judge_api_key,
                              concurrency=concurrency)
     except (DatasetFormatError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        raise typer.Exit(2) from exc
+        bad_input(str(exc))
+    if results.get("contaminated"):
+        shortfall("scored, but the exam overlaps the train file (contaminated): these are not held-out scores")
+
+
+def _simulate_grader(grader: str, data: Path, mode: str, **kwargs) -> None:
+    """--grader: exit 0 when the simulated course grader passes, 1 when it does not, 2 on bad input."""
+    from qaforge.dataset import DatasetFormatError
+    from qaforge.evaluate.grader import simulate_grader
+
+    if mode not in ("auto", "batch", "ok"):
+        raise typer.BadParameter("must be auto, batch or ok", param_hint="--mode")
+    try:
+        result = simulate_grader(grader, data, mode=mode, **kwargs)
+    except DatasetFormatError as exc:
+        bad_input(str(exc))
+    raise typer.Exit(0 if result["passed"] else 1)

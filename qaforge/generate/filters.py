@@ -25,7 +25,7 @@ from pathlib import Path
 from qaforge.dataset import NEAR_DUPLICATE_THRESHOLD
 from qaforge.textnorm import jaccard, normalize, shingles
 
-DOMAINS_DIR = Path(__file__).with_name("domains")
+from qaforge.paths import DOMAINS_DIR
 DEFAULT_KEYWORDS = DOMAINS_DIR / "gpu_cuda_keywords.txt"
 DEFAULT_LEAKAGE = DOMAINS_DIR / "leakage_phrases.txt"
 RULES = ("format", "few_shot_copy", "same_as_question", "leakage", "length", "terminology", "grounding")

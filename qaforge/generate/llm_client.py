@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from qaforge.generate.filters import DEFAULT_ANSWER_BOUNDS, QUESTION_BOUNDS
+from qaforge.paths import PRICES_FILE
 
-PRICES_FILE = Path(__file__).with_name("prices.yaml")
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
 TOPIC_MAX_CHARS = 32  # the prompts ask for a 2-8 character topic
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from qaforge.generate.corpus import Chapter, Chunk, load_chapter_map
 from qaforge.dataset import DIFFICULTIES
 
-PMPP_CHAPTER_MAP = Path(__file__).with_name("chapter_maps") / "pmpp.yaml"
+from qaforge.paths import PMPP_CHAPTER_MAP
 DIFFICULTY_SHARES = {"easy": 0.5, "medium": 0.3, "hard": 0.2}
 
 

@@ -13,7 +13,7 @@ import yaml
 from qaforge.generate.corpus import Chunk
 from qaforge.dataset import DIFFICULTIES
 
-DEFAULT_PROMPT_DIR = Path(__file__).with_name("prompts")
+from qaforge.paths import PROMPTS_DIR as DEFAULT_PROMPT_DIR
 PLACEHOLDERS = ("chapter", "chapter_title", "section", "count", "chunk", "examples", "avoid", "difficulty")
 
 

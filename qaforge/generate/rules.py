@@ -23,7 +23,7 @@ import yaml
 
 from qaforge.generate.corpus import Chunk, text_units
 
-TEMPLATES_FILE = Path(__file__).with_name("rules_templates.yaml")
+from qaforge.paths import RULES_TEMPLATES_FILE as TEMPLATES_FILE
 
 _CLAUSE_STOP = "，,。；;：:！？!?"
 _CJK = re.compile(r"[\u4e00-\u9fff]")

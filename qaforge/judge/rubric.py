@@ -18,7 +18,7 @@ import json_repair
 from qaforge.chat import clean_answer
 from qaforge.generate.prompts import read_prompt_yaml
 
-DEFAULT_PROMPT_DIR = Path(__file__).with_name("prompts")
+from qaforge.paths import JUDGE_PROMPTS_DIR as DEFAULT_PROMPT_DIR
 MODES = ("dataset", "answers", "pairwise")
 PLACEHOLDERS = {
     "dataset": ("chapter", "chapter_title", "difficulty", "topic", "source", "question", "answer", "criteria"),

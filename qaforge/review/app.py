@@ -30,7 +30,7 @@ from qaforge.review.items import ReviewInputError, ReviewSet, item_view, load_re
 from qaforge.review.journal import JOURNAL_NAME, VERDICTS, Journal
 from qaforge.review.stats import review_results, write_report
 
-HERE = Path(__file__).parent
+from qaforge.paths import REVIEW_DIR as HERE
 TOKEN_COOKIE = "qaforge_review_token"
 MAX_TEXT_CHARS = 20_000   # an edit longer than this is a paste accident, not an answer
 

@@ -75,7 +75,8 @@ class ServerProcess:
                                                     suffix=".log", delete=False)
         self.log_path = Path(self.log_file.name)
         cmd = [python, "-m", "qaforge.serve", "--host", host, "--port", str(self.port)] + (args or [])
-        self.proc = subprocess.Popen(cmd, env=child_env, cwd=str(REPO_DIR), stdout=self.log_file,
+        # The caller's working directory: relative model paths (runs/...) mean the same in the child.
+        self.proc = subprocess.Popen(cmd, env=child_env, stdout=self.log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def log_tail(self, chars: int = 4000) -> str:

@@ -40,7 +40,7 @@ class ServeSettings:
     retry_after: int = 2                 # seconds, sent with 429/503
     warmup: bool = True
     warmup_max_tokens: int = 64
-    warmup_file: str = ""                # default: data/warmup_questions.json
+    warmup_file: str = ""                # default: qaforge/data/warmup_questions.json (packaged)
     exit_on_load_failure: bool = True    # a server that cannot load should die, not hang at 503
     # vLLM only (the course project's settings; CPU needs quantization="" and a small memory fraction)
     quantization: str = ""               # e.g. fp8 on GPU

@@ -1,5 +1,5 @@
 """Warm-up: the original course project's 15 representative questions (easy, medium, hard, combined;
-data/warmup_questions.json), all at once.
+qaforge/data/warmup_questions.json), all at once.
 
 Run before GET / reports ready, so the first graded request does not pay for lazy allocations,
 kernel compilation or CUDA-graph capture.

@@ -12,16 +12,27 @@ Examples:
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Optional
 
 import typer
+
+from qaforge.exit_codes import bad_input, shortfall
+
+# TrainConfig field -> the flag that sets it (the rest are set with --set key=value).
+_FLAGS = {"model": "--model", "data": "--data", "exam": "--exam", "output_dir": "--output-dir",
+          "num_epochs": "--epochs", "max_steps": "--max-steps", "learning_rate": "--lr", "lora_r": "--lora-r",
+          "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout", "max_seq_len": "--max-seq-len",
+          "micro_batch_size": "--micro-batch-size", "grad_accum_steps": "--grad-accum", "seed": "--seed",
+          "device": "--device"}
 
 
 def train(
     profile: Optional[str] = typer.Option(
         None, "--profile", "-p",
-        help="Profile name in profiles/ (fast_v1, fast_v5, fast_v7, fast_v7_final, tiny) or a YAML path. "
-             "Default: $TRAIN_PROFILE, else fast_v7."),
+        help="Profile name (`qaforge profiles` lists them: fast_v1, fast_v5, fast_v7, fast_v7_long, fast_v7_final, "
+             "tiny) or a path to a YAML file. Default: $TRAIN_PROFILE, else fast_v7."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Base model: HF id (from the local cache), "
                                         "local HF directory, or 'tiny'."),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="Train split: alpaca jsonl "
@@ -66,8 +77,6 @@ def train(
     """LoRA fine-tune a Qwen3 or Qwen2 model on a QA dataset; writes adapter, merged_model/ and eval_results.json."""
     import yaml
 
-    from qaforge.train.profiles import load_profile
-
     overrides = {"model": model, "data": data, "exam": exam, "output_dir": output_dir, "num_epochs": epochs,
                  "max_steps": max_steps, "learning_rate": lr, "lora_r": lora_r, "lora_alpha": lora_alpha,
                  "lora_dropout": lora_dropout, "max_seq_len": max_seq_len, "micro_batch_size": micro_batch_size,
@@ -77,13 +86,10 @@ def train(
                  "device": device}
     for item in set_:
         if "=" not in item:
-            raise typer.BadParameter(f"--set needs key=value, got {item!r}")
+            raise typer.BadParameter(f"needs key=value, got {item!r}", param_hint="--set")
         key, value = item.split("=", 1)
         overrides[key.strip()] = yaml.safe_load(value)
-    try:
-        config = load_profile(profile, **overrides)
-    except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    config = _config(profile, overrides, set_keys={item.split("=", 1)[0].strip() for item in set_})
 
     if compile_cache is not None:  # read by qaforge.train.compile_cache (TrainConfig has no field for it)
         import os
@@ -91,9 +97,38 @@ def train(
         from qaforge.train.compile_cache import ENV_VAR
         os.environ[ENV_VAR] = compile_cache
 
+    from qaforge.dataset import DatasetFormatError
     from qaforge.train.trainer import train as run_training
 
-    run_training(config, resume=resume_from or resume or None)
+    try:
+        results = run_training(config, resume=resume_from or resume or None)
+    except (DatasetFormatError, FileNotFoundError) as exc:  # the messages name the file (and line) or the model
+        bad_input(str(exc))
+    if (results.get("rouge") or {}).get("status") == "failed":
+        shortfall(f"trained and saved, but the ROUGE-L evaluation failed: {results['rouge'].get('reason')}")
+
+
+def _config(profile: Optional[str], overrides: dict, set_keys: set[str]):
+    """The run's TrainConfig; a bad profile, flag or file is refused naming it, before anything heavy loads."""
+    from qaforge.train.profiles import load_profile
+
+    try:
+        load_profile(profile)  # the profile alone: its errors are the profile file's
+    except (ValueError, FileNotFoundError) as exc:
+        bad_input(str(exc), "--profile")
+    try:
+        config = load_profile(profile, **overrides)
+    except (ValueError, FileNotFoundError) as exc:
+        message = str(exc)
+        named = [key for key, value in overrides.items() if value is not None and re.search(rf"\b{key}\b", message)]
+        flags = [f"--set {key}" if key in set_keys else _FLAGS.get(key, f"--set {key}") for key in named]
+        bad_input(message, " / ".join(flags) or None)
+    for flag, path in (("--data", config.data), ("--exam", config.exam)):
+        if path and not Path(path).is_file():
+            bad_input(f"no such file: {path}", flag)
+    if not config.data:
+        bad_input("no training data: give --data train.jsonl (alpaca lines)", "--data")
+    return config
 
 
 def main() -> None:  # `python -m qaforge.train` and torchrun entry

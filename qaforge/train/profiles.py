@@ -1,6 +1,6 @@
 """Training profiles: the `TrainConfig` dataclass, YAML loading, overrides and `TRAIN_PROFILE`.
 
-A profile is a YAML file in `profiles/` (or any path). A profile may name a `base:` profile and
+A profile is a YAML file in `qaforge/profiles/` (or any path). A profile may name a `base:` profile and
 override some of its keys, so `fast_v7_final` is `fast_v7` plus `train_on_exam: true`.
 Resolution order (later wins): dataclass defaults -> base profile chain -> profile -> overrides.
 Only stdlib + PyYAML here: the CLI imports this module before any heavy library.
@@ -154,26 +154,69 @@ def profile_names(profiles_dir: Path = PROFILES_DIR) -> list[str]:
     return sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
 
 
-def _profile_path(name: str, profiles_dir: Path) -> Path:
-    candidate = Path(name)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        if not candidate.exists():
-            raise FileNotFoundError(f"profile file not found: {candidate}")
+def profile_description(path: Path) -> str:
+    """One line about a profile: its leading `#` comment, else the first sentence of its `description:`."""
+    import yaml
+
+    text = Path(path).read_text(encoding="utf-8")
+    comments = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        comments.append(line.lstrip("#").strip())
+    if any(comments):
+        return " ".join(c for c in comments if c)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return ""
+    flat = " ".join(str(raw.get("description") or "").split()) if isinstance(raw, dict) else ""
+    first, dot, _ = flat.partition(". ")
+    return first + dot.strip()
+
+
+def list_profiles(profiles_dir: Path = PROFILES_DIR) -> list[tuple[str, str]]:
+    """(name, one-line description) of every profile in the folder, sorted by name."""
+    return [(name, profile_description(Path(profiles_dir) / f"{name}.yaml")) for name in profile_names(profiles_dir)]
+
+
+def _profile_path(name: str, profiles_dir: Path, near: Path | None = None) -> Path:
+    """A YAML path as given, else a name in `profiles_dir`, else (for a `base:`) a YAML beside the profile `near`."""
+    candidate = Path(name).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or os.sep in name or candidate.is_file():
+        if near is not None and not candidate.is_absolute() and (near.parent / candidate).exists():
+            return near.parent / candidate
+        if not candidate.is_file():
+            raise FileNotFoundError(f"profile file not found: {candidate} (profile names: "
+                                    f"{', '.join(profile_names(profiles_dir))}, or a path to a YAML file)")
         return candidate
     path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.exists() and near is not None and (near.parent / f"{name}.yaml").exists():
+        return near.parent / f"{name}.yaml"
     if not path.exists():
-        raise ValueError(f"unknown training profile {name!r}; available: {profile_names(profiles_dir)}")
+        raise ValueError(f"unknown training profile {name!r}; available: {', '.join(profile_names(profiles_dir))} "
+                         f"(`qaforge profiles` describes them), or a path to a YAML file")
     return path
 
 
-def read_profile_yaml(name: str, profiles_dir: Path = PROFILES_DIR, _seen: tuple = ()) -> dict[str, Any]:
-    """The merged key/value mapping of a profile and its `base:` chain (not yet validated)."""
+def _load_yaml(path: Path) -> Any:
     import yaml
 
-    path = _profile_path(name, profiles_dir)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or exc
+        raise ValueError(f"profile {where}: not valid YAML ({problem})") from None
+
+
+def read_profile_yaml(name: str, profiles_dir: Path = PROFILES_DIR, _seen: tuple = ()) -> dict[str, Any]:
+    """The merged key/value mapping of a profile and its `base:` chain (types checked, ranges not yet)."""
+    path = _profile_path(name, profiles_dir, near=_seen[-1] if _seen else None)
     if path.resolve() in _seen:
         raise ValueError(f"profile {name!r}: circular 'base:' chain {[p.name for p in _seen]}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = _load_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ValueError(f"profile {path}: expected a mapping at the top level, got {type(raw).__name__}")
     values: dict[str, Any] = {}
@@ -184,9 +227,26 @@ def read_profile_yaml(name: str, profiles_dir: Path = PROFILES_DIR, _seen: tuple
     unknown = sorted(set(raw) - set(field_names()))
     if unknown:
         raise ValueError(f"profile {path}: unknown keys {unknown}; valid keys: {field_names()}")
+    check_types(raw, f"profile {path}")
     values.update(raw)
     values["profile"] = path.stem
     return values
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "None": (type(None),),
+          "list[str]": (list, str)}
+
+
+def check_types(values: dict[str, Any], source: str) -> None:
+    """A wrong type (`lora_r: eight`) is a clear error naming the source, not a TypeError deep in a check."""
+    declared = {f.name: str(f.type) for f in fields(TrainConfig)}
+    for key, value in values.items():
+        if key not in declared:
+            continue
+        allowed = tuple(t for part in declared[key].split("|") for t in _TYPES.get(part.strip(), (object,)))
+        bad_bool = isinstance(value, bool) and bool not in allowed  # YAML's yes/no is not a number
+        if bad_bool or not isinstance(value, allowed):
+            raise ValueError(f"{source}: {key} must be {declared[key]}, got {value!r}")
 
 
 def load_profile(name: str | None = None, profiles_dir: Path = PROFILES_DIR, **overrides: Any) -> TrainConfig:
@@ -199,7 +259,9 @@ def load_profile(name: str | None = None, profiles_dir: Path = PROFILES_DIR, **o
     unknown = sorted(set(overrides) - set(field_names()))
     if unknown:
         raise ValueError(f"unknown override(s) {unknown}; valid keys: {field_names()}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    check_types(given, "override")
+    values.update(given)
     return TrainConfig(**values)
 
 

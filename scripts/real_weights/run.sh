@@ -44,7 +44,7 @@ stage_gen() {  # a real model writes the dataset: qaforge serve (native) as the 
     --served-model-name proxy --max-tokens 2048
   wait_ready http://127.0.0.1:8011/health 300 || { tail -30 "$W/log/serve_gen.log"; return 1; }
   $Q generate --generator llm --api-base http://127.0.0.1:8011/v1 --api-key none --model proxy \
-    --corpus data/corpus --out "$W/res/gen" --concurrency 64 ${GEN_ARGS:-} 2>&1 | tail -60
+    --corpus qaforge/data/corpus --out "$W/res/gen" --concurrency 64 ${GEN_ARGS:-} 2>&1 | tail -60
   curl -s http://127.0.0.1:8011/metrics | grep -E "^qaforge_(generated|prompt)_tokens" || true
   stop_server gen
 }
