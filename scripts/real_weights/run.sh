@@ -107,7 +107,7 @@ stage_judge() {  # the untuned proxy, served by qaforge, judges the answers of s
   stop_server judge
 }
 stage_bench() {  # training speed on the real model: plain HF + PEFT, + torch.compile, qaforge (same batches)
-  python3 -m scripts.bench_train --model "$BASE" --data "$TRAIN" --out "$W/res/bench_train" ${BENCH_ARGS:-} 2>&1 | tail -30
+  python3 -m scripts.bench_train --model "$BASE" --data "$TRAIN" --exam "$EXAM" --out "$W/res/bench_train" ${BENCH_ARGS:-} 2>&1 | tail -30
 }
 stage_pack() {  # one archive of the figures (a GPU call returns at most 8 files)
   tar czf "$OUT/res_$(date +%H%M%S).tgz" -C "$W" res log 2>/dev/null; ls -la "$OUT"
