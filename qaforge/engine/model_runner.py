@@ -88,6 +88,7 @@ class ModelRunner:
         self.block_table = block_table  # set by the engine (BlockManager.table)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.graph_sizes: list[int] = []   # sizes a decode batch may pad to (captured now or on first use)
+        self.startup_graphs: tuple[int, ...] = ()
         self.graph_s = 0.0                 # seconds spent capturing, at startup and later
 
     # ------------------------------------------------------------------ KV sizing
@@ -255,6 +256,7 @@ class ModelRunner:
         eager = [s for s in self.graph_sizes if s in EAGER_GRAPH_SIZES or s == max_bs]
         for bs in reversed(eager):  # the largest first: the others fit in its memory pool
             self._capture(bs)
+        self.startup_graphs = tuple(eager)
         self.graph_s = time.perf_counter() - t0
 
     def _graph_inputs(self, bs: int):
