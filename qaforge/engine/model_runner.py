@@ -259,6 +259,14 @@ class ModelRunner:
         self.startup_graphs = tuple(eager)
         self.graph_s = time.perf_counter() - t0
 
+    def capture_remaining(self) -> float:
+        """Capture every size not captured yet (benchmarks: steady state from the first step); seconds."""
+        t0 = time.perf_counter()
+        for bs in reversed(self.graph_sizes):
+            if bs not in self.graphs:
+                self._capture(bs)
+        return time.perf_counter() - t0
+
     def _graph_inputs(self, bs: int):
         M, buf = self._gmax, self._gbuf
         ids, pos, slots, ctx = (buf[i * M: i * M + bs] for i in range(4))
