@@ -64,7 +64,7 @@ def step_breakdown(llm):
     out = {}
     for B, plen in ((1, 128), (16, 1000), (256, 800)):
         prompts = [[r.randint(1000, 150000) for _ in range(plen)] for _ in range(B)]
-        seqs = [llm.add_request(p, SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)) for p in prompts]
+        seqs = [llm.add_request(p, SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True)) for p in prompts]
         while llm.scheduler.waiting:
             llm.step()  # prefill
         for _ in range(5):

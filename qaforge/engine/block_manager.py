@@ -156,19 +156,33 @@ class BlockManager:
 
     def may_append(self, seq: Sequence) -> None:
         """Called before a decode step that writes the KV of seq's last token."""
+        self.append_slot(seq)
+
+    def append_slot(self, seq: Sequence) -> bool:
+        """can_append + may_append in one call (the decode loop's hot path); False: no free block."""
         bs = self.block_size
         bt = seq.block_table
-        if len(bt) < seq.num_blocks(bs):
+        n = len(seq.token_ids)
+        if len(bt) * bs < n:
+            if not self.free_block_ids:
+                return False
             block = self._pop_free_block()
             bt.append(block.block_id)
             self.table[seq.row, len(bt) - 1] = block.block_id
-        if self.enable_prefix_caching and len(seq) % bs == 0:
-            prefix = self.blocks[bt[-2]].hash if len(bt) > 1 else -1
-            if len(bt) == 1 or prefix != -1:
-                tokens = seq.block(len(bt) - 1, bs)
-                h = compute_hash(tokens, prefix)
-                block = self.blocks[bt[-1]]
-                if block.ref_count == 1:  # never rewrite the identity of a shared block
-                    block.hash = h
-                    block.token_ids = tokens
-                    self.hash_to_block_id[h] = block.block_id
+        if self.enable_prefix_caching and n % bs == 0:
+            self._hash_last_block(seq)
+        return True
+
+    def _hash_last_block(self, seq: Sequence) -> None:
+        """seq's last block fills up in this step: make it a prefix-cache block (its chain must be hashed)."""
+        bs = self.block_size
+        bt = seq.block_table
+        prefix = self.blocks[bt[-2]].hash if len(bt) > 1 else -1
+        if len(bt) == 1 or prefix != -1:
+            tokens = seq.block(len(bt) - 1, bs)
+            h = compute_hash(tokens, prefix)
+            block = self.blocks[bt[-1]]
+            if block.ref_count == 1:  # never rewrite the identity of a shared block
+                block.hash = h
+                block.token_ids = tokens
+                self.hash_to_block_id[h] = block.block_id

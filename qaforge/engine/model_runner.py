@@ -292,7 +292,8 @@ class ModelRunner:
             step()  # warm-up (compiles kernels)
             torch.cuda.synchronize()
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, self._gpool):
+            # thread_local: a capture on first use happens while the server's other threads keep running
+            with torch.cuda.graph(g, self._gpool, capture_error_mode="thread_local"):
                 step()
         if self._gpool is None:
             self._gpool = g.pool()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 
 from .block_manager import BlockManager
 from .config import EngineConfig
@@ -33,8 +34,10 @@ class Batch:
         """False for a pure decode step (the CUDA-graph path)."""
         return self.num_decodes < len(self.seqs)
 
-    @property
+    @cached_property
     def sampled(self) -> list[Sequence]:
+        if self.num_decodes == len(self.seqs):
+            return self.seqs
         return [s for s, x in zip(self.seqs, self.sample) if x]
 
 
@@ -70,16 +73,17 @@ class Scheduler:
         bm = self.block_manager
         scheduled: list[Sequence] = []
         taken: set[int] = set()
+        running = SequenceStatus.RUNNING
+        append = bm.append_slot
         for seq in seqs:
-            if seq.status != SequenceStatus.RUNNING:  # preempted for an earlier one
+            if seq.status is not running:  # preempted for an earlier one
                 continue
-            while not bm.can_append(seq):
+            while not append(seq):
                 victim = next((s for s in reversed(self.running) if s is not seq and s.seq_id not in taken), seq)
                 self.preempt(victim)
                 if victim is seq:
                     break
             else:
-                bm.may_append(seq)
                 scheduled.append(seq)
                 taken.add(seq.seq_id)
         return scheduled
@@ -106,14 +110,16 @@ class Scheduler:
     def _schedule_chunked(self) -> Batch:
         bm = self.block_manager
         before = self.num_preemptions
-        decoding = [s for s in self.running if len(s) - s.num_computed_tokens == 1]
+        decoding, partial = [], []
+        for s in self.running:
+            (decoding if len(s.token_ids) - s.num_computed_tokens == 1 else partial).append(s)
         decodes = self._decodes(decoding)
         budget = self.max_num_batched_tokens - len(decodes)  # decodes always run: no sequence starves
         chunks: list[Sequence] = []
         sizes: list[int] = []
-        for seq in list(self.running):
-            left = len(seq) - seq.num_computed_tokens
-            if left > 1 and budget > 0:
+        for seq in partial:
+            left = len(seq.token_ids) - seq.num_computed_tokens
+            if seq.status is SequenceStatus.RUNNING and budget > 0:
                 n = min(left, budget)
                 bm.commit(seq, seq.num_computed_tokens + n)
                 chunks.append(seq)
@@ -155,15 +161,20 @@ class Scheduler:
         for seq, n in zip(batch.seqs, batch.num_new):
             seq.num_computed_tokens += n
         finished = []
+        eos, max_len = self.eos_token_ids, self.max_model_len
         for seq, tok in zip(batch.sampled, token_ids):
-            seq.token_ids.append(tok)
-            reason = self.check_stop(seq, tok)
-            if reason is not None:
-                seq.finish_reason = reason
-                seq.status = SequenceStatus.FINISHED
-                self.block_manager.deallocate(seq)
-                self.running.remove(seq)
-                finished.append(seq)
+            ids = seq.token_ids
+            ids.append(tok)
+            p = seq.params
+            # the common case first, cheaply: no stop id, below both length limits
+            if (p.ignore_eos or tok not in eos) and tok not in p.stop_token_ids \
+                    and len(ids) - seq.num_prompt_tokens < p.max_tokens and len(ids) < max_len:
+                continue
+            seq.finish_reason = self.check_stop(seq, tok)
+            seq.status = SequenceStatus.FINISHED
+            self.block_manager.deallocate(seq)
+            self.running.remove(seq)
+            finished.append(seq)
         return finished
 
     def abort(self, seq: Sequence) -> bool:
