@@ -334,6 +334,7 @@ def main():
     res["make_model_s"] = round(time.time() - t, 1)
     base = dict(device="cuda", dtype="bfloat16", max_model_len=4096, max_num_seqs=a.max_num_seqs,
                 max_num_batched_tokens=16384, gpu_memory_utilization=0.85, cuda_graph_max_bs=a.cuda_graph_max_bs)
+    gc.collect(); torch.cuda.empty_cache()  # the fresh processes below get the card to themselves
     if not a.no_startup:
         kw = {k: v for k, v in base.items() if k != "device"}
         section("startup_fresh_process")(lambda: startup_cold_warm(kw))
