@@ -236,3 +236,19 @@ def test_chunked_on_gpu_bf16_agrees_with_transformers(model_dir):
             total += 1
     assert agree / total >= 0.95
     assert 48 not in llm.runner.startup_graphs and 48 in llm.runner.graphs  # captured on first use
+
+
+def test_chunked_penalty_and_seeded_sampling_equal_unchunked(model_dir):
+    """The sampler sees a chunked prompt only once it is complete: repetition penalty (seen ids filled from the
+    whole prompt) and seeded sampling give the unchunked engine's tokens."""
+    prompts = prompts_of([40, 9, 70], seed=51)
+    params = [SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True, repetition_penalty=1.3),
+              SamplingParams(temperature=0.9, top_k=20, max_tokens=20, seed=5, ignore_eos=True),
+              SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True, repetition_penalty=1.3)]
+    kw = dict(device="cpu", dtype="float32", max_model_len=256, max_num_seqs=4)
+    a = LLM(model_dir, max_num_batched_tokens=BUDGET, **kw).generate(prompts, params)
+    b = LLM(model_dir, enable_chunked_prefill=False, **kw).generate(prompts, params)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    plain = LLM(model_dir, enable_chunked_prefill=False, **kw).generate(
+        [prompts[0]], SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True))[0].token_ids
+    assert a[0].token_ids != plain  # the penalty really acted

@@ -74,6 +74,7 @@ class ModelRunner:
         self.sampler = Sampler(self.device, c.max_num_seqs)
         a = self.model.args
         self.block_size = c.block_size
+        self.act_bytes = torch.empty((), dtype=self.dtype).element_size()
         self.block_bytes = 2 * a.num_hidden_layers * c.block_size * a.num_key_value_heads * a.head_dim \
             * torch.empty((), dtype=self.dtype).element_size()
         t0 = time.perf_counter()
@@ -131,6 +132,8 @@ class ModelRunner:
         # logits of a full decode batch, the sampler's fp32 temporaries (it works in chunks of 256 rows) and
         # its repetition-penalty mask (one bool row per sequence slot)
         extra = c.max_num_seqs * a.vocab_size * 3 + 6 * min(256, c.max_num_seqs) * a.vocab_size * 4
+        if not c.enforce_eager:  # the decode graphs' static logits buffer
+            extra += min(c.cuda_graph_max_bs, c.max_num_seqs) * a.vocab_size * self.act_bytes
         avail = total * c.gpu_memory_utilization - used - (peak - cur) - extra
         blocks = int(avail // self.block_bytes)
         if blocks < need_one:
