@@ -286,10 +286,11 @@ class ModelRunner:
         model = self.model
 
         def step():
-            h = model.forward(ids, pos, meta, self.kv_cache)
-            normed = model.ops.rms_norm(h, model.norm_w, model.args.rms_norm_eps)
-            torch.matmul(normed, model.lm_head.t(), out=self._glogits[:bs])
-            torch.argmax(self._glogits[:bs], dim=-1, out=self._gargmax[:bs])
+            # compute_logits itself (whatever form the lm_head takes), copied into the one static buffer: a
+            # graph's own output would stay allocated per size
+            logits = model.compute_logits(model.forward(ids, pos, meta, self.kv_cache))
+            torch.argmax(logits, dim=-1, out=self._gargmax[:bs])
+            self._glogits[:bs].copy_(logits)
 
         with torch.inference_mode():
             step()  # warm-up (compiles kernels)
