@@ -118,10 +118,13 @@ def kernel_checks():
     from test_engine_chunked import _mixed_meta
     for name, (cx, qx) in {"mixed_small": ([300, 1, 129, 77, 1024], [1, 1, 1, 64, 200]),
                            "mixed_40_decodes": ([2000] * 40 + [700], [1] * 40 + [300])}.items():
-        full, mixed = _mixed_meta(cx, qx, BS, NB, dev, g)
+        nbm = sum(-(-c // BS) for c in cx) + 10
+        kcm = torch.randn(nbm + 1, BS, KVH, D, device=dev, dtype=dt, generator=g)
+        vcm = torch.randn_like(kcm)
+        full, mixed = _mixed_meta(cx, qx, BS, nbm, dev, g)
         qm = torch.randn(sum(qx), H, D, device=dev, dtype=dt, generator=g)
-        out[f"attention_{name}"] = rel(T.paged_attention(qm, kc, vc, mixed, D ** -0.5),
-                                       torch_ops.paged_attention(qm, kc, vc, full, D ** -0.5))
+        out[f"attention_{name}"] = rel(T.paged_attention(qm, kcm, vcm, mixed, D ** -0.5),
+                                       torch_ops.paged_attention(qm, kcm, vcm, full, D ** -0.5))
     ok = all(v < 2e-2 for v in out.values())
     out["ok"] = ok
     return out

@@ -202,9 +202,10 @@ def test_triton_mixed_step_attention_matches_torch_bf16():
     from qaforge.engine.layers import torch_ops, triton_ops
     dev, dt = "cuda", torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
-    H, KVH, D, BS, NB = 16, 8, 128, 16, 600
+    H, KVH, D, BS = 16, 8, 128, 16
     for ctx, ql in (([300, 1, 129, 77, 1024], [1, 1, 1, 64, 200]),            # decodes + chunks with a prefix
                     ([2000] * 40 + [700], [1] * 40 + [300])):                 # many decodes (no split-K) + one
+        NB = sum(-(-c // BS) for c in ctx) + 10
         kc = torch.randn(NB + 1, BS, KVH, D, device=dev, dtype=dt, generator=g)
         vc = torch.randn_like(kc)
         full, mixed = _mixed_meta(ctx, ql, BS, NB, dev, g)
@@ -252,3 +253,38 @@ def test_chunked_penalty_and_seeded_sampling_equal_unchunked(model_dir):
     plain = LLM(model_dir, enable_chunked_prefill=False, **kw).generate(
         [prompts[0]], SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True))[0].token_ids
     assert a[0].token_ids != plain  # the penalty really acted
+
+
+def test_mixed_step_parts_describe_the_same_batch(model_dir):
+    """The runner's split of a mixed step (what the Triton path runs: decode rows, then prompt chunks with
+    offsets into the whole batch) gives the same attention as the whole batch, here through the torch op."""
+    from qaforge.engine.layers import torch_ops
+    llm = LLM(model_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=4,
+              max_num_batched_tokens=BUDGET)
+    sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    seqs = [llm.add_request(p, sp) for p in prompts_of([5, 6, 40], seed=61)]
+    sched, runner = llm.scheduler, llm.runner
+    for _ in range(10):
+        batch = sched.schedule()
+        if 0 < batch.num_decodes < len(batch.seqs):
+            break
+        sched.postprocess(batch, runner.run(batch))
+    assert 0 < batch.num_decodes < len(batch.seqs)
+    runner.backend = "triton"  # only changes how prepare_prefill describes the batch
+    try:
+        _, _, meta, _ = runner.prepare_prefill(batch)
+    finally:
+        runner.backend = "torch"
+    dm, pm = meta.parts
+    nd = batch.num_decodes
+    a = runner.model.args
+    q = torch.randn(sum(batch.num_new), a.num_attention_heads, a.head_dim, generator=torch.Generator().manual_seed(0))
+    kc, vc = runner.kv_cache[0, 0], runner.kv_cache[1, 0]
+    whole = torch_ops.paged_attention(q, kc, vc, meta, 0.125)
+    split = torch.cat([torch_ops.paged_attention(q[:nd], kc, vc, dm, 0.125),
+                       torch_ops.paged_attention(q, kc, vc, pm, 0.125)])
+    assert torch.allclose(whole, split, atol=1e-6)
+    sched.postprocess(batch, runner.run(batch))
+    while not llm.is_finished():
+        llm.step()
+    assert [s.num_completion_tokens for s in seqs] == [8, 8, 8]  # the batch still ran normally
