@@ -28,6 +28,7 @@ reader:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from qaforge.chat import DEFAULT_SYSTEM_PROMPT, build_messages
+from qaforge.chat import DEFAULT_SYSTEM_PROMPT, THINK_TAGS, build_messages, join_reasoning, split_reasoning
 from qaforge.textnorm import normalize
 
 DIFFICULTIES = ("easy", "medium", "hard")
@@ -65,6 +66,7 @@ class QARecord:
     generator: str = ""                # "rules" | "llm" for generated records
     model: str = ""
     id: str = ""
+    reasoning: str = ""                # the answer's thought (Qwen3 thinking mode), if the data has one
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -73,6 +75,8 @@ class QARecord:
     def to_dict(self) -> dict[str, Any]:
         """The qa.json object (id first)."""
         data = asdict(self)
+        if not data["reasoning"]:    # datasets without thoughts keep their exact qa.json
+            del data["reasoning"]
         return {"id": data.pop("id"), **data}
 
 
@@ -154,6 +158,11 @@ def parse_record(data: Any, where: str) -> QARecord:
         answer = _text(data, _ANSWER_KEYS, "answer", where)
     if not question.strip():
         raise DatasetFormatError(f"{where}: empty question")
+    reasoning = data.get("reasoning") or ""
+    if not isinstance(reasoning, str):
+        raise DatasetFormatError(f"{where}: field 'reasoning' must be a string, got {type(reasoning).__name__}")
+    if not reasoning.strip() and THINK_TAGS[1] in answer:  # alpaca/LLaMA-Factory style: thought in the output
+        reasoning, answer = split_reasoning(answer)
     if not answer.strip():
         raise DatasetFormatError(f"{where}: empty answer")
     source = data.get("source") or {}
@@ -163,7 +172,7 @@ def parse_record(data: Any, where: str) -> QARecord:
                     chapter=_chapter(data, where), chapter_title=str(data.get("chapter_title") or ""),
                     topic=str(data.get("topic") or ""), source=dict(source),
                     generator=str(data.get("generator") or ""), model=str(data.get("model") or ""),
-                    id=str(data.get("id") or ""))
+                    id=str(data.get("id") or ""), reasoning=reasoning)
 
 
 def _skip_space(text: str, pos: int) -> int:
@@ -306,6 +315,9 @@ def write_dataset(out_dir: Path, records: list[QARecord], train: list[QARecord],
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_qa_json(out_dir / "qa.json", records)
+    # Train lines carry the thought inside the answer (LLaMA-Factory's reasoning templates read it
+    # there); exam lines never do: they are the references that plain answers are scored against.
+    train = [dataclasses.replace(r, answer=join_reasoning(r.reasoning, r.answer), reasoning="") for r in train]
     for split, rows in (("train", train), ("exam", exam)):
         write_jsonl(out_dir / f"{split}.jsonl", (alpaca_row(r) for r in rows))
         write_jsonl(out_dir / f"{split}_sharegpt.jsonl", (sharegpt_row(r, system_prompt) for r in rows))

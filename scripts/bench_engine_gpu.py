@@ -5,6 +5,7 @@ prefix) once per engine configuration (chunked prefill on / off by default) and 
 Writes $OUT/engine_gpu.json. From the repository root:
 
     PYTHONUNBUFFERED=1 python -m scripts.bench_engine_gpu [--skip-checks] [--configs chunked,whole]
+        [--kv-cache-dtype fp8] [--quantization fp8]      (applied to every configuration)
 """
 from __future__ import annotations
 
@@ -329,14 +330,18 @@ def main():
     ap.add_argument("--cuda-graph-max-bs", type=int, default=512)
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--no-startup", action="store_true")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="auto | fp8 (the native engine's KV cache)")
+    ap.add_argument("--quantization", default=None, help="fp8: fp8 weights in the native engine")
     a = ap.parse_args()
+    res["engine_options"] = {"kv_cache_dtype": a.kv_cache_dtype, "quantization": a.quantization}
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
     res["card"] = torch.cuda.get_device_name(0)
     t = time.time()
     bench.make_random_qwen3_06b(MODEL)
     res["make_model_s"] = round(time.time() - t, 1)
     base = dict(device="cuda", dtype="bfloat16", max_model_len=4096, max_num_seqs=a.max_num_seqs,
-                max_num_batched_tokens=16384, gpu_memory_utilization=0.85, cuda_graph_max_bs=a.cuda_graph_max_bs)
+                max_num_batched_tokens=16384, gpu_memory_utilization=0.85, cuda_graph_max_bs=a.cuda_graph_max_bs,
+                kv_cache_dtype=a.kv_cache_dtype, quantization=a.quantization)
     gc.collect(); torch.cuda.empty_cache()  # the fresh processes below get the card to themselves
     if not a.no_startup:
         kw = {k: v for k, v in base.items() if k != "device"}

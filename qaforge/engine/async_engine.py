@@ -37,7 +37,13 @@ class EngineDeadError(RuntimeError):
 
 class AsyncLLM:
     def __init__(self, model: str, **kwargs):
+        self.lora = dict(kwargs.pop("lora", None) or {})  # {name: PEFT adapter directory}
         self.config = EngineConfig(model=str(model), **kwargs)   # validates now; loads in start()
+        if self.lora:
+            from .layers.lora import read_adapter_config
+
+            for name, path in self.lora.items():  # a bad adapter config fails here, before any weights load
+                read_adapter_config(name, path)
         self.llm: LLM | None = None
         self._cond = threading.Condition()
         self._cmds: deque = deque()
@@ -57,7 +63,7 @@ class AsyncLLM:
             return
         self._loop = asyncio.get_running_loop()
         if self.llm is None:
-            self.llm = await asyncio.to_thread(LLM.from_config, self.config)
+            self.llm = await asyncio.to_thread(LLM.from_config, self.config, self.lora)
         self._stats = self.llm.stats()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="qaforge-engine", daemon=True)
@@ -80,8 +86,10 @@ class AsyncLLM:
         return self._thread is not None and self._thread.is_alive() and self._dead is None
 
     # ------------------------------------------------------------------ requests
-    async def generate(self, prompt_token_ids, params: SamplingParams | None = None, request_id: str | None = None):
-        """Async generator of RequestOutput; the last one has finished=True. Closing it aborts the request."""
+    async def generate(self, prompt_token_ids, params: SamplingParams | None = None, request_id: str | None = None,
+                       lora: str | None = None):
+        """Async generator of RequestOutput; the last one has finished=True. Closing it aborts the request.
+        `lora` names a registered LoRA adapter (None: the base model)."""
         if self._thread is None:
             raise RuntimeError("AsyncLLM.start() has not been awaited")
         if self._dead is not None:
@@ -89,7 +97,7 @@ class AsyncLLM:
         rid = request_id if request_id is not None else uuid.uuid4().hex
         if rid in self._streams:
             raise ValueError(f"duplicate request_id {rid!r}")
-        seq = self.llm.make_sequence(prompt_token_ids, params or SamplingParams(), rid)  # ValueError on bad input
+        seq = self.llm.make_sequence(prompt_token_ids, params or SamplingParams(), rid, lora)  # ValueError on bad input
         q: asyncio.Queue = asyncio.Queue()
         self._streams[rid] = q
         self._command(("add", seq))

@@ -32,6 +32,13 @@ def compute_hash(token_ids: list[int], prefix: int = -1) -> int:
     return hash((prefix, tuple(token_ids))) & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def chain_start(seq: Sequence) -> int:
+    """The prefix of a sequence's first block hash: the same tokens under another LoRA adapter have other KV,
+    so each adapter starts its own chain (negative: never equal to a real, masked hash). Adapters start at -3:
+    CPython hashes -1 and -2 alike, so -2 would share the base model's chain."""
+    return -2 - seq.lora_id if seq.lora_id else -1
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, max_num_seqs: int, max_blocks_per_seq: int,
                  enable_prefix_caching: bool = True):
@@ -87,7 +94,7 @@ class BlockManager:
         seq.row = self.free_rows.pop()
         seq.num_cached_tokens = 0
         max_hit_blocks = (len(seq) - 1) // bs  # at least the last prompt token is computed
-        h = -1
+        h = chain_start(seq)
         hashes: list[int] = []
         cache_miss = not self.enable_prefix_caching
         for i in range(seq.num_blocks(bs)):
@@ -177,7 +184,7 @@ class BlockManager:
         """seq's last block fills up in this step: make it a prefix-cache block (its chain must be hashed)."""
         bs = self.block_size
         bt = seq.block_table
-        prefix = self.blocks[bt[-2]].hash if len(bt) > 1 else -1
+        prefix = self.blocks[bt[-2]].hash if len(bt) > 1 else chain_start(seq)
         if len(bt) == 1 or prefix != -1:
             tokens = seq.block(len(bt) - 1, bs)
             h = compute_hash(tokens, prefix)

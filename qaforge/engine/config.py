@@ -26,6 +26,8 @@ class EngineConfig:
     cuda_graph_max_bs: int = 512          # largest decode batch captured in a CUDA graph
     attention_backend: str = "auto"       # auto (triton on CUDA with bf16/fp16, else torch) | torch | triton
     seed: int = 0
+    kv_cache_dtype: str = "auto"          # auto (the model dtype) | fp8: float8 e4m3 K/V, half the bytes of bf16
+    quantization: str | None = None       # None | "fp8": linear weights in float8 e4m3, per-output-channel scales
     hf_config: dict = field(default_factory=dict, repr=False)
     eos_token_ids: tuple[int, ...] = ()
     family: str = field(default="", init=False)  # "qwen3" | "qwen2", from config.json
@@ -60,6 +62,7 @@ class EngineConfig:
             need = -(-self.max_model_len // self.block_size)
             if self.num_kvcache_blocks < need:
                 raise ValueError(f"num_kvcache_blocks must hold one full sequence ({need} blocks of {self.block_size})")
+        _check_fp8_options(self)
         if self.cuda_graph_max_bs < 1:
             raise ValueError("cuda_graph_max_bs must be >= 1")
         self.eos_token_ids = tuple(_eos_ids(path, self.hf_config))
@@ -69,6 +72,21 @@ class EngineConfig:
         """Block-table width, rounded up to a multiple of 16 (one Triton specialization for every batch)."""
         n = -(-self.max_model_len // self.block_size)
         return (n + 15) // 16 * 16
+
+
+KV_CACHE_DTYPES = {"auto": "auto", "fp8": "fp8", "fp8_e4m3": "fp8"}  # vLLM's spellings of the same thing
+QUANTIZATIONS = ("fp8",)
+
+
+def _check_fp8_options(c: EngineConfig) -> None:
+    kv = str(c.kv_cache_dtype).lower()
+    if kv not in KV_CACHE_DTYPES:
+        raise ValueError(f"kv_cache_dtype must be one of {sorted(KV_CACHE_DTYPES)}, got {c.kv_cache_dtype!r}")
+    c.kv_cache_dtype = KV_CACHE_DTYPES[kv]
+    q = (c.quantization or "").lower() or None  # "" means off, as serve's setting spells it
+    if q is not None and q not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)} or None, got {c.quantization!r}")
+    c.quantization = q
 
 
 def check_architecture(hf: dict) -> str:

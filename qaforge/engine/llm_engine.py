@@ -30,9 +30,12 @@ class LLM:
 
     def __init__(self, model: str, **kwargs):
         t0 = time.perf_counter()
+        lora = kwargs.pop("lora", None)  # LoRA adapters: {name: PEFT adapter directory}
         config = kwargs.pop("config", None) or EngineConfig(model=str(model), **kwargs)
         self.config = config
         self.runner = ModelRunner(config)
+        if lora:
+            self.runner.load_lora(dict(lora))
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.max_num_seqs,
                                           config.max_blocks_per_seq, config.enable_prefix_caching)
         self.runner.block_table = self.block_manager.table
@@ -53,12 +56,20 @@ class LLM:
         log.info("engine startup: %s", self.startup)
 
     @classmethod
-    def from_config(cls, config: EngineConfig) -> "LLM":
-        return cls(config.model, config=config)
+    def from_config(cls, config: EngineConfig, lora: dict | None = None) -> "LLM":
+        return cls(config.model, config=config, lora=lora)
+
+    @property
+    def lora_names(self) -> list[str]:
+        return self.runner.lora.names if self.runner.lora is not None else []
 
     # ------------------------------------------------------------------ requests
     def make_sequence(self, prompt_token_ids, params: SamplingParams | None = None,
-                      request_id: str | None = None) -> Sequence:
+                      request_id: str | None = None, lora: str | None = None) -> Sequence:
+        """A validated sequence; `lora` names a registered adapter (None: the base model)."""
+        if lora is not None and self.runner.lora is None:
+            raise ValueError(f"unknown LoRA adapter {lora!r}: this engine has none registered")
+        lora_id = self.runner.lora.adapter_id(lora) if self.runner.lora is not None else 0
         ids = list(prompt_token_ids)
         if not ids:
             raise ValueError("empty prompt")
@@ -68,11 +79,11 @@ class LLM:
         if len(ids) >= self.config.max_model_len:
             raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.config.max_model_len} "
                              "(prompt plus at least one generated token)")
-        return Sequence(ids, params or SamplingParams(), request_id)
+        return Sequence(ids, params or SamplingParams(), request_id, lora_id)
 
     def add_request(self, prompt_token_ids, params: SamplingParams | None = None,
-                    request_id: str | None = None) -> Sequence:
-        return self.add_sequence(self.make_sequence(prompt_token_ids, params, request_id))
+                    request_id: str | None = None, lora: str | None = None) -> Sequence:
+        return self.add_sequence(self.make_sequence(prompt_token_ids, params, request_id, lora))
 
     def add_sequence(self, seq: Sequence) -> Sequence:
         """Queue a sequence made (and validated) by `make_sequence`, e.g. on another thread first."""
@@ -109,14 +120,18 @@ class LLM:
             torch.cuda.set_device(self.runner.device)
 
     def generate(self, prompts: Seq[Seq[int]], sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[GenerationOutput]:
+                 use_tqdm: bool = False, lora: str | None | Seq[str | None] = None) -> list[GenerationOutput]:
+        """`lora`: one adapter name (or None) for every prompt, or one per prompt."""
         if prompts and isinstance(prompts[0], int):
             prompts = [prompts]  # one prompt
         if sampling_params is None or isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params or SamplingParams()] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError("one SamplingParams per prompt, or one for all")
-        seqs = [self.make_sequence(p, sp) for p, sp in zip(prompts, sampling_params)]
+        loras = [lora] * len(prompts) if lora is None or isinstance(lora, str) else list(lora)
+        if len(loras) != len(prompts):
+            raise ValueError("one LoRA adapter name (or None) per prompt, or one for all")
+        seqs = [self.make_sequence(p, sp, lora=a) for p, sp, a in zip(prompts, sampling_params, loras)]
         for s in seqs:
             self.scheduler.add(s)
         bar = None

@@ -17,6 +17,7 @@ import torch
 
 from .config import EngineConfig
 from .layers.attn_meta import AttnMeta
+from .layers.fp8 import check_kv_backend, kv_torch_dtype, quantize_model
 from .layers.ops import TorchOps, triton_ops
 from .models.qwen import QwenForCausalLM
 from .sampler import Sampler
@@ -60,6 +61,8 @@ class ModelRunner:
         torch.manual_seed(c.seed)
         t0 = time.perf_counter()
         self.model = load_weights(c.model, c.hf_config, self.device, self.dtype, c.max_model_len)
+        # fp8 weights replace the loaded ones before the KV cache is sized, so the memory they free goes to KV
+        self.fp8_info = quantize_model(self.model) if c.quantization == "fp8" else None
         if self.is_cuda:
             torch.cuda.synchronize()
         self.load_s = time.perf_counter() - t0
@@ -75,13 +78,15 @@ class ModelRunner:
         a = self.model.args
         self.block_size = c.block_size
         self.act_bytes = torch.empty((), dtype=self.dtype).element_size()
+        self.kv_dtype = kv_torch_dtype(c.kv_cache_dtype, self.dtype)
+        check_kv_backend(self.kv_dtype, backend, self.device)
         self.block_bytes = 2 * a.num_hidden_layers * c.block_size * a.num_key_value_heads * a.head_dim \
-            * torch.empty((), dtype=self.dtype).element_size()
+            * torch.empty((), dtype=self.kv_dtype).element_size()
         t0 = time.perf_counter()
         self.num_blocks = self._num_kv_blocks()
         t1 = time.perf_counter()
         self.kv_cache = torch.zeros((2, a.num_hidden_layers, self.num_blocks + 1, c.block_size,
-                                     a.num_key_value_heads, a.head_dim), dtype=self.dtype, device=self.device)
+                                     a.num_key_value_heads, a.head_dim), dtype=self.kv_dtype, device=self.device)
         if self.is_cuda:
             torch.cuda.synchronize()
         self.kv_profile_s, self.kv_alloc_s = t1 - t0, time.perf_counter() - t1
@@ -91,6 +96,7 @@ class ModelRunner:
         self.graph_sizes: list[int] = []   # sizes a decode batch may pad to (captured now or on first use)
         self.startup_graphs: tuple[int, ...] = ()
         self.graph_s = 0.0                 # seconds spent capturing, at startup and later
+        self.lora = None  # layers.lora.LoraWeights once adapters are registered (load_lora)
 
     # ------------------------------------------------------------------ KV sizing
     def _num_kv_blocks(self) -> int:
@@ -109,7 +115,7 @@ class ModelRunner:
         a = self.model.args
         tmp_blocks = n * c.max_blocks_per_seq
         tmp = torch.zeros((2, a.num_hidden_layers, tmp_blocks + 1, c.block_size, a.num_key_value_heads, a.head_dim),
-                          dtype=self.dtype, device=self.device)
+                          dtype=self.kv_dtype, device=self.device)
         seqs_len = c.max_model_len
         bt = torch.arange(tmp_blocks, device=self.device, dtype=torch.int64).view(n, -1)
         pos = torch.arange(seqs_len, device=self.device).repeat(n)
@@ -208,6 +214,18 @@ class ModelRunner:
         bt = self.block_table[rows, : self._bt_width(max_ctx)]
         return ids, pos, slots, lens, bt, max_ctx
 
+    # ------------------------------------------------------------------ LoRA
+    def load_lora(self, adapters: dict) -> None:
+        """Register LoRA adapters (name -> PEFT directory); the CUDA graphs stay base-model only."""
+        from .layers.lora import load_lora_weights
+
+        self.lora = load_lora_weights(adapters, self.config.hf_config, self.dtype, self.device)
+
+    def _lora_batch(self, seqs: list[Sequence], meta: AttnMeta):
+        if self.lora is None:
+            return None
+        return self.lora.batch([s.lora_id for s in seqs], meta.cu_seqlens_q, int(meta.slot_mapping.shape[0]))
+
     # ------------------------------------------------------------------ running
     @torch.inference_mode()
     def run(self, batch: Batch) -> list[int]:
@@ -216,16 +234,20 @@ class ModelRunner:
         seqs = batch.seqs
         if batch.is_prefill:
             ids, pos, meta, last = self.prepare_prefill(batch)
+            model.lora_batch = self._lora_batch(seqs, meta)
             sampled = batch.sampled
             if not sampled:
                 model.forward(ids, pos, meta, self.kv_cache)
+                model.lora_batch = None
                 return []
             hidden = model.forward(ids, pos, meta, self.kv_cache)[last]
         else:
             ids, pos, slots, lens, bt, max_ctx = self.prepare_decode(seqs)
             n = len(seqs)
             sampled = seqs
-            if self.graph_sizes and n <= self.graph_sizes[-1]:
+            # the graphs hold no LoRA update: a batch with adapter rows runs eagerly
+            with_lora = self.lora is not None and any(s.lora_id for s in seqs)
+            if self.graph_sizes and n <= self.graph_sizes[-1] and not with_lora:
                 logits, argmax = self._replay(ids, pos, slots, lens, bt)
                 if all(s.params.greedy and s.params.repetition_penalty == 1.0 for s in seqs):
                     return argmax[:n].tolist()  # the graph's own argmax: the sampler's greedy fast path
@@ -233,7 +255,9 @@ class ModelRunner:
             cu = np.arange(n + 1, dtype=np.int64)
             t_ids, t_pos, t_slots, t_ctx, t_bt, t_cu = self._h2d([ids, pos, slots, lens, bt, cu])
             meta = AttnMeta(False, t_slots, t_ctx, t_bt, t_cu, 1, max_ctx)
+            model.lora_batch = self._lora_batch(seqs, meta)
             hidden = model.forward(t_ids, t_pos, meta, self.kv_cache)
+        model.lora_batch = None
         logits = model.compute_logits(hidden)
         return self.sampler(logits, sampled).tolist()
 

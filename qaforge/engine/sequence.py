@@ -16,7 +16,8 @@ class SequenceStatus(Enum):
 class Sequence:
     _ids = count()
 
-    def __init__(self, token_ids: list[int], params: SamplingParams, request_id: str | None = None):
+    def __init__(self, token_ids: list[int], params: SamplingParams, request_id: str | None = None,
+                 lora_id: int = 0):
         self.seq_id = next(Sequence._ids)
         self.request_id = request_id if request_id is not None else str(self.seq_id)
         self.token_ids: list[int] = list(token_ids)
@@ -32,6 +33,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.generator = None             # torch.Generator for seeded sampling (created lazily)
         self.num_preemptions = 0
+        self.lora_id = lora_id            # 0: the base model; else the engine's LoRA adapter id (layers/lora.py)
 
     def __len__(self) -> int:
         return len(self.token_ids)

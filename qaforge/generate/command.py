@@ -60,6 +60,7 @@ def generate(
     price_out: Annotated[Optional[float], typer.Option(help="Price per 1k completion tokens.")] = None,
     judge_threshold: Annotated[Optional[float], typer.Option(help="Drop pairs an LLM judge scores below this (1-5) against their source chunk; counted as the rule 'judge'.")] = None,
     judge_model: Annotated[Optional[str], typer.Option(help="Judge model for --judge-threshold (default: the generating model, same API).")] = None,
+    with_reasoning: Annotated[bool, typer.Option(help="Ask the LLM for a reasoning trace per answer (qa.json 'reasoning'; train lines get it as the answer's <think> block).")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Generate a QA dataset from a textbook; prints a summary table and writes report.json/report.md."""
@@ -68,6 +69,9 @@ def generate(
 
     if judge_threshold is not None and generator != "llm":
         raise typer.BadParameter("needs --generator llm (the judge uses the same API)", param_hint="--judge-threshold")
+    if with_reasoning and generator != "llm":
+        raise typer.BadParameter("needs --generator llm (the rules generator writes no reasoning)",
+                                 param_hint="--with-reasoning")
 
     llm = None
     if generator == "llm":
@@ -77,7 +81,8 @@ def generate(
                          questions_per_call=questions_per_call, max_rounds=max_rounds,
                          response_format=response_format, temperature=temperature, max_tokens=max_tokens,
                          prompt_dir=prompts, keywords_file=keywords, grounding_threshold=grounding_threshold,
-                         price_in_per_1k=price_in, price_out_per_1k=price_out, targets=_parse_targets(targets))
+                         price_in_per_1k=price_in, price_out_per_1k=price_out, targets=_parse_targets(targets),
+                         with_reasoning=with_reasoning)
         if api_base:
             llm.base_url = api_base
         if api_key:

@@ -11,6 +11,7 @@ Works with any server speaking the OpenAI chat completions API (DashScope compat
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 from dataclasses import dataclass, field
@@ -32,6 +33,19 @@ ITEMS_SCHEMA = {
         "required": ["items"],
     },
 }
+
+
+def items_schema(with_reasoning: bool = False) -> dict:
+    """ITEMS_SCHEMA, with a required `reasoning` string per item when one is asked for (a constrained
+    decoder emits only the properties a schema names)."""
+    if not with_reasoning:
+        return ITEMS_SCHEMA
+    schema = json.loads(json.dumps(ITEMS_SCHEMA))
+    item = schema["schema"]["properties"]["items"]["items"]
+    item["properties"] = {"question": item["properties"]["question"], "reasoning": {"type": "string"},
+                          **{k: v for k, v in item["properties"].items() if k != "question"}}
+    item["required"].insert(1, "reasoning")
+    return {**schema, "name": "qa_items_with_reasoning"}
 
 
 def env_default(*names: str, default: str = "") -> str:
@@ -64,6 +78,7 @@ class LLMOptions:
     grounding_threshold: float = 0.3
     price_in_per_1k: float | None = None
     price_out_per_1k: float | None = None
+    with_reasoning: bool = False           # ask for a reasoning trace per answer (prompts/reasoning.yaml)
 
     def validate(self) -> None:
         if not self.base_url:
@@ -123,7 +138,7 @@ class LLMClient:
 
     def _format_arg(self) -> dict | None:
         if self.response_format == "json_schema":
-            return {"type": "json_schema", "json_schema": ITEMS_SCHEMA}
+            return {"type": "json_schema", "json_schema": items_schema(self.options.with_reasoning)}
         if self.response_format == "json_object":
             return {"type": "json_object"}
         return None

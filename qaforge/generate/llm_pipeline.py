@@ -22,7 +22,7 @@ from qaforge.generate.dedup import DedupIndex
 from qaforge.generate.filters import FilterConfig, QualityFilter
 from qaforge.generate.journal import Journal, call_key
 from qaforge.generate.llm_client import CallFailed, LLMClient, LLMOptions
-from qaforge.generate.parsing import ParseError, parse_items
+from qaforge.generate.parsing import ParseError, item_reasoning, parse_items
 from qaforge.generate.planner import CallSpec, chapter_targets, difficulty_targets, plan_round
 from qaforge.generate.progress import write_progress
 from qaforge.generate.prompts import PromptSet, load_prompts
@@ -176,7 +176,8 @@ class _Generation:
             # Questions already taken from this chunk: a model told about them asks something else.
             avoid = [r.question for r in self.accepted[(spec.chapter, spec.difficulty)]
                      if r.source["chunk_id"] == spec.chunk.chunk_id][-AVOID_LIST_SIZE:] if round_no else []
-            messages = self.prompts.messages(spec.difficulty, spec.chunk, spec.count, avoid)
+            messages = self.prompts.messages(spec.difficulty, spec.chunk, spec.count, avoid,
+                                             self.options.with_reasoning)
             planned.append((spec, messages, call_key(self.options.model, messages, spec.seed)))
         return planned
 
@@ -242,7 +243,8 @@ class _Generation:
                 chapter_title=self.titles[spec.chapter], topic=item.get("topic", "").strip(),
                 source={"chunk_id": spec.chunk.chunk_id, "file": spec.chunk.source,
                         "char_start": spec.chunk.char_start, "char_end": spec.chunk.char_end},
-                generator="llm", model=self.options.model)
+                generator="llm", model=self.options.model,
+                reasoning=item_reasoning(item) if self.options.with_reasoning else "")
             self.dedup.add(question, record.id)
             stratum.append(record)
             ids.append(record.id)

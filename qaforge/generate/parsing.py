@@ -1,4 +1,5 @@
-"""Turn an LLM reply into QA items: strip think blocks and code fences, parse JSON, repair near-JSON."""
+"""Turn an LLM reply into QA items: strip think blocks and code fences, parse JSON, repair near-JSON;
+read an item's reasoning trace (`--with-reasoning`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import json_repair
 
-from qaforge.chat import clean_answer
+from qaforge.chat import THINK_TAGS, clean_answer
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
@@ -53,3 +54,20 @@ def parse_items(text: str) -> tuple[list, bool]:
     if repaired in ("", None, [], {}):
         raise ParseError(f"invalid JSON that could not be repaired: {error}")
     return _items_of(repaired), True
+
+
+# Names models give the per-item thought besides the one the prompt asks for.
+_REASONING_KEYS = ("reasoning", "reasoning_content", "thought", "thinking", "rationale")
+
+
+def item_reasoning(item: dict) -> str:
+    """The reasoning trace of a parsed item ("" when it has none): the first non-empty string under
+    one of `_REASONING_KEYS`, with think tags a model may have wrapped it in removed (training adds
+    its own)."""
+    for key in _REASONING_KEYS:
+        value = item.get(key)
+        if isinstance(value, str) and value.strip():
+            for tag in THINK_TAGS:
+                value = value.replace(tag, "")
+            return value.strip()
+    return ""

@@ -35,8 +35,10 @@ class PromptSet:
     repair_template: str
     avoid_template: str
     folder: Path
+    reasoning_template: str = ""   # reasoning.yaml: asks for a thought per item (--with-reasoning)
 
-    def messages(self, difficulty: str, chunk: Chunk, count: int, avoid: list[str]) -> list[dict[str, str]]:
+    def messages(self, difficulty: str, chunk: Chunk, count: int, avoid: list[str],
+                 with_reasoning: bool = False) -> list[dict[str, str]]:
         prompt = self.by_difficulty[difficulty]
         examples = "\n".join(json.dumps(e, ensure_ascii=False) for e in prompt.examples)
         avoid_text = self.avoid_template.format(questions="\n".join(f"- {q}" for q in avoid)) if avoid else ""
@@ -44,6 +46,8 @@ class PromptSet:
                                       section=chunk.section or chunk.chapter_title, count=count,
                                       chunk=chunk.text.strip(), examples=examples, avoid=avoid_text,
                                       difficulty=difficulty)
+        if with_reasoning:
+            user = f"{user.rstrip()}\n\n{self.reasoning_template.format()}"
         return [{"role": "system", "content": prompt.system}, {"role": "user", "content": user}]
 
     def repair_message(self, error: str) -> dict[str, str]:
@@ -93,4 +97,10 @@ def load_prompts(folder: Path | None = None) -> PromptSet:
     _check_template(folder / "repair.yaml", repair, error="x")
     avoid = read_prompt_yaml(folder / "avoid.yaml")["template"]
     _check_template(folder / "avoid.yaml", avoid, questions="x")
-    return PromptSet(by_difficulty, repair, avoid, folder)
+    # A user's prompt folder from before --with-reasoning has no reasoning.yaml: the packaged one serves.
+    reasoning_path = folder / "reasoning.yaml"
+    if not reasoning_path.is_file():
+        reasoning_path = DEFAULT_PROMPT_DIR / "reasoning.yaml"
+    reasoning = read_prompt_yaml(reasoning_path)["template"]
+    _check_template(reasoning_path, reasoning)
+    return PromptSet(by_difficulty, repair, avoid, folder, reasoning)

@@ -33,10 +33,32 @@ class TokenDelta:
     finish_reason: str | None = None  # "stop" (EOS) | "length" | "abort"
 
 
+@dataclass(frozen=True)
+class LoraSampling:
+    """An engine's sampling object bound to a LoRA adapter (None: the base model) by `Engine.bind_lora`:
+    it travels through the service unchanged and the backend unwraps it in generate()."""
+    sampling: Any
+    lora: str | None
+
+
 class Engine(abc.ABC):
     """What the HTTP layer needs from an inference engine."""
 
     name: str = "engine"
+    settings: ServeSettings
+
+    def bind_lora(self, sampling: Any, lora: str | None) -> LoraSampling:
+        """`sampling` for the adapter `lora` (a --lora name; None: the base model)."""
+        if lora is not None and lora not in self.settings.lora_modules:
+            raise ValueError(f"unknown LoRA adapter {lora!r}")
+        return LoraSampling(sampling, lora)
+
+    def unbind_lora(self, sampling: Any) -> tuple[Any, str | None]:
+        """The engine's sampling object and its adapter. Unbound requests (/predict, warm-up) get the
+        --predict-lora adapter, or the base model."""
+        if isinstance(sampling, LoraSampling):
+            return sampling.sampling, sampling.lora
+        return sampling, self.settings.predict_lora or None
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -79,6 +101,10 @@ class NativeEngine(Engine):
                       max_num_batched_tokens=max(s.max_num_batched_tokens, s.max_model_len),
                       gpu_memory_utilization=s.gpu_memory_utilization,
                       enable_prefix_caching=s.enable_prefix_caching, enforce_eager=s.enforce_eager)
+        if s.quantization:  # the seed's vLLM setting ("fp8") means the same in the native engine
+            kwargs["quantization"] = s.quantization
+        if s.lora_modules:
+            kwargs["lora"] = s.lora_modules  # loaded and checked against the model by the engine
         kwargs.update(s.extra)
         return kwargs
 
@@ -103,7 +129,8 @@ class NativeEngine(Engine):
 
     def generate(self, prompt_ids: list[int], sampling: Any, request_id: str) -> AsyncIterator[TokenDelta]:
         # AsyncLLM's RequestOutput has TokenDelta's fields; closing it aborts the request.
-        return self._llm.generate(prompt_ids, sampling, request_id)
+        sampling, lora = self.unbind_lora(sampling)
+        return self._llm.generate(prompt_ids, sampling, request_id, lora=lora)
 
     async def shutdown(self) -> None:
         if self._llm is not None:
@@ -149,6 +176,8 @@ class VllmEngine(Engine):
             kwargs["dtype"] = s.dtype
         if s.quantization:
             kwargs["quantization"] = s.quantization
+        if s.lora_modules:
+            kwargs.update(vllm_lora_args(lora_ranks(self.model_path, s.lora_modules)))
         kwargs.update(s.extra)
         return AsyncEngineArgs(**kwargs)
 
@@ -166,10 +195,13 @@ class VllmEngine(Engine):
                 f"the vllm engine needs vllm in this interpreter ({sys.executable}): {exc}. On CPU "
                 f"run `.venv-vllm/bin/python -m qaforge.serve ...` (docs/serving.md)") from exc
         from vllm import SamplingParams, TokensPrompt
+        from vllm.lora.request import LoRARequest
         from vllm.sampling_params import RequestOutputKind
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._SamplingParams, self._TokensPrompt = SamplingParams, TokensPrompt
+        self._lora_requests = {name: LoRARequest(**fields)
+                               for name, fields in lora_request_fields(self.settings.lora_modules).items()}
         self._delta = RequestOutputKind.DELTA
         args = self.engine_args()
         log.info("vllm engine: %s", args)
@@ -188,8 +220,10 @@ class VllmEngine(Engine):
     async def generate(self, prompt_ids: list[int], sampling: Any,
                        request_id: str) -> AsyncIterator[TokenDelta]:
         prompt = self._TokensPrompt(prompt_token_ids=list(prompt_ids))
+        sampling, lora = self.unbind_lora(sampling)
+        lora_request = self._lora_requests[lora] if lora else None
         # vLLM's generate aborts the request when it is closed or cancelled; closing it is our part.
-        stream = self._llm.generate(prompt, sampling, request_id)
+        stream = self._llm.generate(prompt, sampling, request_id, lora_request=lora_request)
         async with contextlib.aclosing(stream):
             async for out in stream:
                 completion = out.outputs[0]
@@ -199,6 +233,37 @@ class VllmEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
+def lora_ranks(model_path: str, modules: dict[str, str]) -> dict[str, int]:
+    """Each adapter's rank, after the native engine's checks against the model (vLLM's own errors for an
+    adapter that does not fit come per request, deep in a worker)."""
+    import json
+    from pathlib import Path
+
+    from qaforge.engine.layers.lora import load_adapter
+
+    hf_config = json.loads((Path(model_path) / "config.json").read_text())
+    return {name: load_adapter(name, path, hf_config).rank for name, path in modules.items()}
+
+
+def vllm_lora_args(ranks: dict[str, int]) -> dict[str, Any]:
+    """vLLM engine arguments that serve these adapters (name -> rank), all of them in one batch."""
+    top = max(ranks.values())
+    fits = [r for r in VLLM_LORA_RANKS if r >= top]
+    if not fits:
+        worst = max(ranks, key=ranks.get)
+        raise ValueError(f"LoRA adapter {worst!r} has rank {top}; vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}")
+    return {"enable_lora": True, "max_loras": len(ranks), "max_lora_rank": fits[0]}
+
+
+def lora_request_fields(modules: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """name -> vllm.lora.request.LoRARequest's fields; vLLM wants ids unique and >= 1."""
+    return {name: {"lora_name": name, "lora_int_id": i + 1, "lora_path": path}
+            for i, (name, path) in enumerate(modules.items())}
 
 
 def make_engine(model_path: str, settings: ServeSettings) -> Engine:

@@ -20,6 +20,8 @@ def serve(
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
     max_tokens: Optional[int] = typer.Option(None, help="default answer budget (384)"),
     repetition_penalty: Optional[float] = typer.Option(None, help="default repetition penalty (1.0: off)"),
+    predict_thinking: Optional[bool] = typer.Option(
+        None, help="/predict in thinking mode; answers stay the content only (QAFORGE_PREDICT_THINKING)"),
     max_model_len: Optional[int] = typer.Option(None, help="context: prompt + answer (512)"),
     max_num_seqs: Optional[int] = typer.Option(None, help="sequences batched at once"),
     max_pending: Optional[int] = typer.Option(None, help="sequences admitted before 429"),
@@ -31,6 +33,9 @@ def serve(
     request_timeout: Optional[float] = typer.Option(None, help="seconds per request"),
     warmup: Optional[bool] = typer.Option(None, help="warm up before reporting ready"),
     log_level: Optional[str] = typer.Option(None, help="debug | info | warning"),
+    lora: Optional[list[str]] = typer.Option(None, help="LoRA adapter served unmerged, NAME=PATH; repeatable "
+                                             "(QAFORGE_LORA='a=/p,b=/q'); requests pick it by model"),
+    predict_lora: Optional[str] = typer.Option(None, help="the --lora adapter /predict answers with (base if unset)"),
     graceful_timeout: float = typer.Option(60.0, help="seconds to finish in-flight requests on stop"),
 ) -> None:
     """Serve a model over HTTP: GET / and POST /predict (grader), /v1/* (OpenAI), /health, /metrics."""
@@ -40,12 +45,12 @@ def serve(
     from qaforge.serve.settings import ServeSettings
 
     overrides = dict(model=model, engine=engine, device=device, dtype=dtype, max_tokens=max_tokens,
-                     repetition_penalty=repetition_penalty,
+                     repetition_penalty=repetition_penalty, predict_thinking=predict_thinking,
                      max_model_len=max_model_len, max_num_seqs=max_num_seqs, max_pending=max_pending,
                      system_prompt=system_prompt, served_model_name=served_model_name,
                      quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
                      enforce_eager=enforce_eager, request_timeout=request_timeout, warmup=warmup,
-                     log_level=log_level)
+                     log_level=log_level, lora=",".join(lora) if lora else None, predict_lora=predict_lora)
     try:
         settings = ServeSettings.from_env(**overrides)
     except ValueError as exc:

@@ -11,7 +11,7 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from qaforge.chat import prompts_token_ids
+from qaforge.chat import ReasoningSplitter, prompts_token_ids, template_opens_think
 from qaforge.serve.errors import ApiError
 from qaforge.serve.http_utils import guarded
 from qaforge.serve.metrics import CONTENT_TYPE_LATEST
@@ -49,9 +49,10 @@ async def metrics(request: Request) -> Response:
     return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-def grader_prompts(state: ServerState, questions: list[str]) -> list[list[int]]:
-    """The server's system prompt + the non-thinking chat template, as token ids (one batch call)."""
-    return prompts_token_ids(state.tokenizer, questions, state.system_prompt)
+def grader_prompts(state: ServerState, questions: list[str], thinking: bool = False) -> list[list[int]]:
+    """The server's system prompt + the chat template (non-thinking unless the server's
+    predict_thinking is on), as token ids (one batch call)."""
+    return prompts_token_ids(state.tokenizer, questions, state.system_prompt, thinking)
 
 
 @router.post("/predict")
@@ -69,8 +70,10 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
         if not q.strip():
             where = "prompt" if single else f"prompt[{i}]"
             raise ApiError(400, f"{where} is empty; every question needs some text", where)
-    prompts = grader_prompts(state, questions)
     s = state.settings
+    prompts = grader_prompts(state, questions, s.predict_thinking)
+    # Thinking answers still reach the grader as plain text: the content only, never the thought.
+    opened = s.predict_thinking and template_opens_think(state.tokenizer)
     jobs = []
     for i, ids in enumerate(prompts):
         sampling = service.sampling(
@@ -81,7 +84,8 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
             seed=body.seed, ignore_eos=body.ignore_eos, repetition_penalty=body.repetition_penalty)
         jobs.append((ids, sampling))
     with service.admit(len(jobs)):
-        results = await guarded(request, asyncio.gather(*(service.complete(ids, p) for ids, p in jobs)),
-                                s.request_timeout)
+        results = await guarded(request, asyncio.gather(*(
+            service.complete(ids, p, splitter=ReasoningSplitter(opened) if s.predict_thinking else None)
+            for ids, p in jobs)), s.request_timeout)
     answers = [r.text for r in results]
     return JSONResponse({"response": answers[0] if single else answers})

@@ -8,9 +8,10 @@ import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
+from jinja2 import TemplateError
 from fastapi.responses import JSONResponse
 
-from qaforge.chat import render_prompt
+from qaforge.chat import ReasoningSplitter, prompt_opens_think, render_prompt
 from qaforge.serve.errors import ApiError
 from qaforge.serve.http_utils import SSE_DONE, EventStreamResponse, guarded, sse, with_deadline
 from qaforge.serve.schemas import ChatCompletionRequest, CompletionRequest, OpenAIFields
@@ -23,34 +24,41 @@ router = APIRouter(prefix="/v1")
 @router.get("/models")
 async def models(request: Request) -> JSONResponse:
     state = get_state(request)
-    return JSONResponse({"object": "list", "data": [{
-        "id": state.settings.model_name, "object": "model", "created": 0, "owned_by": "qaforge",
-        "root": state.model_path or state.settings.model, "max_model_len": state.settings.max_model_len,
-    }]})
+    s = state.settings
+    base = {"id": s.model_name, "object": "model", "created": 0, "owned_by": "qaforge",
+            "root": state.model_path or s.model, "parent": None, "max_model_len": s.max_model_len}
+    # vLLM's listing: each LoRA adapter after the base, its directory as root, the base as parent
+    adapters = [dict(base, id=name, root=path, parent=s.model_name) for name, path in s.lora_modules.items()]
+    return JSONResponse({"object": "list", "data": [base] + adapters})
 
 
-def _check_common(state: ServerState, body: OpenAIFields) -> None:
-    known = {state.settings.model_name, state.settings.model, state.model_path}
-    if body.model not in known:
-        raise ApiError(404, f"model {body.model!r} does not exist; this server serves "
-                            f"{state.settings.model_name!r} (see /v1/models)", "model")
+def _check_common(state: ServerState, body: OpenAIFields) -> str | None:
+    """Checks the fields every endpoint shares; returns the LoRA adapter `model` names (None: the base)."""
+    s = state.settings
+    adapters = s.lora_modules
+    if body.model not in adapters and body.model not in {s.model_name, s.model, state.model_path}:
+        served = ", ".join(repr(m) for m in [s.model_name, *adapters])
+        raise ApiError(404, f"model {body.model!r} does not exist; this server serves {served} "
+                            "(see /v1/models)", "model")
     if body.n != 1:
         raise ApiError(400, "n > 1 is not supported; send separate requests", "n")
     if body.logprobs:
         raise ApiError(400, "logprobs are not supported", "logprobs")
-    if any(not s for s in body.stop_list()):
+    if any(not stop for stop in body.stop_list()):
         raise ApiError(400, "stop strings must not be empty", "stop")
+    return body.model if body.model in adapters else None
 
 
 def _params(service: GenerationService, body: OpenAIFields, prompt_ids: list[int],
-            requested: int | None, param: str) -> Any:
+            requested: int | None, param: str, lora: str | None) -> Any:
     # OpenAI's defaults (temperature 1, top_p 1) unless the request says otherwise.
-    return service.sampling(
+    sampling = service.sampling(
         prompt_ids, requested, param,
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=body.top_k or 0, seed=body.seed, ignore_eos=body.ignore_eos,
         repetition_penalty=body.repetition_penalty)
+    return service.engine.bind_lora(sampling, lora)
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -59,7 +67,45 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 # ---- chat ------------------------------------------------------------------------------------
-def chat_prompt_ids(state: ServerState, body: ChatCompletionRequest) -> list[int]:
+# apply_chat_template's own arguments: a template variable of the same name would replace them.
+_RESERVED_TEMPLATE_KWARGS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length", "return_tensors",
+    "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"})
+
+
+def chat_template_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
+    """The request's template variables; `enable_thinking` (vLLM's chat_template_kwargs or the
+    top-level shorthand) is always there, False unless the request turns thinking on."""
+    kwargs = dict(body.chat_template_kwargs or {})
+    bad = sorted(k for k in kwargs if k in _RESERVED_TEMPLATE_KWARGS or not k.isidentifier())
+    if bad:
+        raise ApiError(400, f"chat_template_kwargs may not set {', '.join(map(repr, bad))}",
+                       "chat_template_kwargs")
+    if body.enable_thinking is not None:
+        kwargs.setdefault("enable_thinking", body.enable_thinking)
+    kwargs.setdefault("enable_thinking", False)
+    if not isinstance(kwargs["enable_thinking"], bool):
+        raise ApiError(400, "chat_template_kwargs.enable_thinking must be true or false, got "
+                            f"{kwargs['enable_thinking']!r}", "chat_template_kwargs")
+    return kwargs
+
+
+def chat_prompt(state: ServerState, body: ChatCompletionRequest) -> tuple[list[int], ReasoningSplitter | None]:
+    """The prompt's token ids, and in thinking mode the splitter that keeps the thought out of
+    `content` (None: non-thinking, today's output)."""
+    kwargs = chat_template_kwargs(body)
+    thinking = kwargs["enable_thinking"]
+    messages = chat_messages(state, body)
+    try:
+        text = render_prompt(state.tokenizer, messages, **kwargs)
+    except TemplateError as exc:  # e.g. the template's raise_exception over a kwarg it refuses
+        raise ApiError(400, f"the chat template refused the request: {exc}", "messages") from None
+    splitter = ReasoningSplitter(prompt_opens_think(text)) if thinking else None
+    return state.tokenizer(text, add_special_tokens=False)["input_ids"], splitter
+
+
+def chat_messages(state: ServerState, body: ChatCompletionRequest) -> list[dict[str, str]]:
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                 for m in body.messages]
     if messages[-1]["role"] == "assistant":
@@ -69,21 +115,20 @@ def chat_prompt_ids(state: ServerState, body: ChatCompletionRequest) -> list[int
         raise ApiError(400, "messages contain no user text", "messages")
     if messages[0]["role"] != "system" and state.system_prompt:
         messages.insert(0, {"role": "system", "content": state.system_prompt})
-    text = render_prompt(state.tokenizer, messages)
-    return state.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return messages
 
 
 @router.post("/chat/completions")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     state = get_state(request)
     service = state.ready_service()
-    _check_common(state, body)
+    lora = _check_common(state, body)
     if body.tools:
         raise ApiError(400, "tools are not supported", "tools")
-    prompt_ids = chat_prompt_ids(state, body)
+    prompt_ids, splitter = chat_prompt(state, body)
     requested = body.max_completion_tokens or body.max_tokens
-    params = _params(service, body, prompt_ids, requested, "messages")
-    rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), state.settings.model_name
+    params = _params(service, body, prompt_ids, requested, "messages", lora)
+    rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), lora or state.settings.model_name
     stop = body.stop_list()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -95,8 +140,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         async def events() -> AsyncIterator[str]:
             with service.admit(1):
                 yield sse(chunk({"role": "assistant", "content": ""}, None))
-                async for ev in service.stream(prompt_ids, params, stop):
-                    if ev.text or ev.finish_reason is None:
+                async for ev in service.stream(prompt_ids, params, stop, splitter):
+                    if ev.reasoning:
+                        yield sse(chunk({"reasoning_content": ev.reasoning}, None))
+                    if ev.text:
                         yield sse(chunk({"content": ev.text}, None))
                     if ev.finish_reason is not None:
                         yield sse(chunk({}, ev.finish_reason))
@@ -109,11 +156,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         return _start_stream(service, events(), state.settings.request_timeout)
 
     with service.admit(1):
-        result = await guarded(request, service.complete(prompt_ids, params, stop),
+        result = await guarded(request, service.complete(prompt_ids, params, stop, splitter),
                                state.settings.request_timeout)
+    message = {"role": "assistant", "content": result.text}
+    if splitter is not None:  # vLLM's field; null when the model did not think
+        message["reasoning_content"] = result.reasoning or None
     return JSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+        "choices": [{"index": 0, "message": message,
                      "finish_reason": result.finish_reason, "logprobs": None}],
         "usage": _usage(result.prompt_tokens, result.completion_tokens),
     })
@@ -157,14 +207,14 @@ def completion_prompts(state: ServerState, body: CompletionRequest) -> list[list
 async def completions(body: CompletionRequest, request: Request) -> Any:
     state = get_state(request)
     service = state.ready_service()
-    _check_common(state, body)
+    lora = _check_common(state, body)
     if body.echo or body.suffix:
         raise ApiError(400, "echo and suffix are not supported", "echo")
     prompts = completion_prompts(state, body)
     jobs = [(ids, _params(service, body, ids, body.max_tokens,
-                          "prompt" if len(prompts) == 1 else f"prompt[{i}]"))
+                          "prompt" if len(prompts) == 1 else f"prompt[{i}]", lora))
             for i, ids in enumerate(prompts)]
-    rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), state.settings.model_name
+    rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), lora or state.settings.model_name
     stop = body.stop_list()
     if body.stream:
         if len(jobs) != 1:

@@ -6,7 +6,7 @@ fields we cannot honour (n > 1, logprobs, echo, tools) are refused with a messag
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -77,6 +77,9 @@ class ChatCompletionRequest(OpenAIFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: MaxTokens | None = None
     tools: list | None = None
+    # vLLM's extension: variables for the chat template, e.g. {"enable_thinking": true}
+    chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: StrictBool | None = None   # shorthand some clients send at the top level
 
 
 class CompletionRequest(OpenAIFields):

@@ -19,7 +19,7 @@ from qaforge.serve.backends import Engine, TokenDelta
 from qaforge.serve.errors import ApiError
 from qaforge.serve.metrics import ServerMetrics
 from qaforge.serve.settings import ServeSettings
-from qaforge.serve.textstream import TextStream, visible_text
+from qaforge.serve.textstream import TextStream, split_visible, visible_text
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    reasoning: str | None = None    # the thought, in thinking mode only
 
 
 @dataclass
@@ -35,6 +36,7 @@ class StreamEvent:
     text: str                       # new visible text ("" is allowed on the final event)
     finish_reason: str | None       # set on the last event only
     completion_tokens: int = 0
+    reasoning: str = ""             # new visible thought (thinking mode)
 
 
 class GenerationService:
@@ -124,28 +126,31 @@ class GenerationService:
                     m.tpot.observe((last - first) / (produced - 1))
             m.sequences.labels((outcome or {}).get("reason") or reason).inc()
 
-    async def stream(self, prompt_ids: list[int], sampling: Any,
-                     stop: Sequence[str] = ()) -> AsyncIterator[StreamEvent]:
-        """Visible text as it is produced; the last event carries the finish reason."""
-        text = TextStream(self.tokenizer, stop)
+    async def stream(self, prompt_ids: list[int], sampling: Any, stop: Sequence[str] = (),
+                     splitter: Any = None) -> AsyncIterator[StreamEvent]:
+        """Visible text as it is produced; the last event carries the finish reason. With a
+        `qaforge.chat.ReasoningSplitter` (thinking mode) the thought comes in `reasoning`."""
+        text = TextStream(self.tokenizer, stop, splitter)
         reason, outcome = "length", {}
         seq = self._sequence(prompt_ids, sampling, outcome)
         async with contextlib.aclosing(seq):
             async for delta in seq:
                 piece = text.push(delta.new_token_ids)
-                if piece:
-                    yield StreamEvent(piece, None, text.num_tokens)
+                thought = text.take_reasoning()
+                if piece or thought:
+                    yield StreamEvent(piece, None, text.num_tokens, thought)
                 if text.stopped:
                     reason = outcome["reason"] = "stop"
                     break
                 if delta.finished:
                     reason = "length" if delta.finish_reason == "length" else "stop"
                     break
-        yield StreamEvent(text.finish(), reason, text.num_tokens)
+        last = text.finish()
+        yield StreamEvent(last, reason, text.num_tokens, text.take_reasoning())
 
-    async def complete(self, prompt_ids: list[int], sampling: Any,
-                       stop: Sequence[str] = ()) -> Completion:
-        stream = TextStream(self.tokenizer, stop) if stop else None
+    async def complete(self, prompt_ids: list[int], sampling: Any, stop: Sequence[str] = (),
+                       splitter: Any = None) -> Completion:
+        stream = TextStream(self.tokenizer, stop, splitter) if stop else None
         token_ids: list[int] = []
         reason, outcome = "length", {}
         seq = self._sequence(prompt_ids, sampling, outcome)
@@ -161,6 +166,10 @@ class GenerationService:
                     reason = "length" if delta.finish_reason == "length" else "stop"
                     break
         raw = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-        text, stopped = visible_text(raw, stop, final=True)
-        return Completion(text, "stop" if stopped else reason, len(prompt_ids), len(token_ids))
+        if splitter is None:
+            text, stopped = visible_text(raw, stop, final=True)
+            thought = None
+        else:
+            thought, text, stopped = split_visible(raw, stop, splitter.opened)
+        return Completion(text, "stop" if stopped else reason, len(prompt_ids), len(token_ids), thought)
 

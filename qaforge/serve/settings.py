@@ -29,6 +29,7 @@ class ServeSettings:
     top_p: float = 1.0
     top_k: int = 0
     repetition_penalty: float = 1.0      # default for /predict and the OpenAI API; 1 is off
+    predict_thinking: bool = False       # /predict in Qwen3's thinking mode (answers: the content only)
     max_model_len: int = 512             # the course project's context: prompt + answer
     max_num_seqs: int = 256              # sequences the engine runs at once (the course project's vLLM: 4096)
     max_num_batched_tokens: int = 16384
@@ -47,6 +48,10 @@ class ServeSettings:
     enable_prefix_caching: bool = True
     enforce_eager: bool = False          # False: CUDA graphs
     log_level: str = "info"
+    # LoRA adapters served unmerged, vLLM's NAME=PATH: "a=/p,b=/q" (`--lora` repeatable); requests pick one by
+    # `model`. /predict answers with the base unless predict_lora names one of them.
+    lora: str = ""
+    predict_lora: str = ""
     # Engine kwargs passed through unchanged; env: QAFORGE_ENGINE_ARGS='{"kv_cache_memory_gb": 1}'
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +73,17 @@ class ServeSettings:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.request_timeout <= 0:
             raise ValueError("request_timeout must be > 0 seconds")
+        names = self.lora_modules
+        if self.model and self.model_name in names:
+            raise ValueError(f"--lora: adapter name {self.model_name!r} is the base model's served name")
+        if self.predict_lora and self.predict_lora not in names:
+            raise ValueError(f"--predict-lora {self.predict_lora!r} is not one of the --lora adapters "
+                             f"({', '.join(names) or 'none given'})")
+
+    @property
+    def lora_modules(self) -> dict[str, str]:
+        """--lora / QAFORGE_LORA parsed: adapter name -> absolute adapter directory, in the order given."""
+        return parse_lora_modules(self.lora)
 
     @property
     def model_name(self) -> str:
@@ -112,6 +128,22 @@ class ServeSettings:
                 continue
             out[ENV_PREFIX + f.name.upper()] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return out
+
+
+def parse_lora_modules(spec: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in (x.strip() for x in spec.split(",")):
+        if not item:
+            continue
+        name, sep, path = (x.strip() for x in item.partition("="))
+        if not sep or not name or not path:
+            raise ValueError(f"--lora / {ENV_PREFIX}LORA: {item!r} is not NAME=PATH")
+        if any(c.isspace() for c in name):
+            raise ValueError(f"--lora / {ENV_PREFIX}LORA: adapter name {name!r} contains whitespace")
+        if name in out:
+            raise ValueError(f"--lora / {ENV_PREFIX}LORA: adapter name {name!r} is given twice")
+        out[name] = os.path.abspath(os.path.expanduser(path))
+    return out
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:

@@ -3,14 +3,17 @@
 Two jobs: detokenize without re-decoding the whole answer at every step (that would be quadratic,
 and 1,000 streams share two CPU cores in the tests), and decide what part of the text is safe to
 send: never a think block or a special token, never a stop string, and never a tail that might
-still turn into one of those when the next token arrives.
+still turn into one of those when the next token arrives. In thinking mode (a `ReasoningSplitter`
+given) the thought goes to its own channel, `reasoning`, and stop strings apply to the content only:
+they describe the answer's format, not the model's notes.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from qaforge.chat import PARTIAL_SPECIAL_TOKEN, THINK_TAGS, clean_answer, strip_hidden
+from qaforge.chat import (PARTIAL_SPECIAL_TOKEN, SPECIAL_TOKEN, THINK_TAGS, ReasoningSplitter,
+                          clean_answer, split_reasoning, strip_hidden)
 
 
 class IncrementalDetokenizer:
@@ -88,14 +91,35 @@ def visible_text(raw: str, stop: Sequence[str] = (), final: bool = False) -> tup
     return text.strip(), stopped
 
 
-class TextStream:
-    """Feeds engine tokens in, gives client-safe text deltas out."""
+def visible_reasoning(raw: str, final: bool = False) -> str:
+    """The thought a client may see: no special tokens, and while streaming no tail that may still
+    become one."""
+    text = SPECIAL_TOKEN.sub("", raw)
+    if not final:
+        text = text[:_held_back_tag(text)]
+    return text.strip()
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()):
+
+def split_visible(raw: str, stop: Sequence[str] = (), opened: bool = False) -> tuple[str, str, bool]:
+    """Thinking mode's final texts of a whole completion: (reasoning, content, stopped)."""
+    reasoning, content = split_reasoning(raw, opened)
+    text, stopped = visible_text(content, stop, final=True)
+    return visible_reasoning(reasoning, final=True), text, stopped
+
+
+class TextStream:
+    """Feeds engine tokens in, gives client-safe text deltas out (`push`); in thinking mode the
+    thought's deltas collect beside them (`take_reasoning`)."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = (),
+                 splitter: ReasoningSplitter | None = None):
         self.detok = IncrementalDetokenizer(tokenizer)
         self.stop = [s for s in stop if s]
         self.sent = ""
         self.stopped = False
+        self.splitter = splitter
+        self._reasoning_raw = self._content_raw = ""
+        self._reasoning_sent = self._reasoning_new = ""
 
     @property
     def num_tokens(self) -> int:
@@ -103,12 +127,34 @@ class TextStream:
 
     def push(self, token_ids: Sequence[int]) -> str:
         """New tokens in; the newly visible text out ("" if nothing can be sent yet)."""
-        self.detok.add(token_ids)
-        return self._advance(visible_text(self.detok.text, self.stop, final=False))
+        piece = self.detok.add(token_ids)
+        if self.splitter is None:
+            return self._advance(visible_text(self.detok.text, self.stop, final=False))
+        reasoning, content = self.splitter.feed(piece)
+        self._reasoning_raw += reasoning
+        self._content_raw += content
+        self._advance_reasoning(visible_reasoning(self._reasoning_raw))
+        return self._advance(visible_text(self._content_raw, self.stop, final=False))
 
     def finish(self) -> str:
         """The generation ended: release whatever was held back (trailing partial tags excepted)."""
-        return self._advance(visible_text(self.detok.final_text(), self.stop, final=True))
+        if self.splitter is None:
+            return self._advance(visible_text(self.detok.final_text(), self.stop, final=True))
+        # From the whole text again: the last token may have completed a character the stream held.
+        reasoning, content, stopped = split_visible(self.detok.final_text(), self.stop,
+                                                    self.splitter.opened)
+        self._advance_reasoning(reasoning)
+        return self._advance((content, stopped))
+
+    def take_reasoning(self) -> str:
+        """The thought's text that became visible since the last call ("" outside thinking mode)."""
+        new, self._reasoning_new = self._reasoning_new, ""
+        return new
+
+    def _advance_reasoning(self, text: str) -> None:
+        if text.startswith(self._reasoning_sent):
+            self._reasoning_new += text[len(self._reasoning_sent):]
+            self._reasoning_sent = text
 
     def _advance(self, result: tuple[str, bool]) -> str:
         text, stopped = result

@@ -135,8 +135,10 @@ def _question_for(sentence: str, difficulty: str) -> str:
             "hard": f"How would you implement or analyse \"{head}\"? Give the steps."}[difficulty]
 
 
-def build_items(source: str, difficulty: str, count: int, rng: random.Random, avoid: str = "") -> list[dict]:
-    """Items from sentences of `source`; like an obedient model, skips questions listed in `avoid`."""
+def build_items(source: str, difficulty: str, count: int, rng: random.Random, avoid: str = "",
+                reasoning: bool = False) -> list[dict]:
+    """Items from sentences of `source`; like an obedient model, skips questions listed in `avoid`,
+    and writes a `reasoning` field when the prompt asks for one."""
     sentences = _plain_sentences(source)
     if not sentences:
         return []
@@ -150,6 +152,8 @@ def build_items(source: str, difficulty: str, count: int, rng: random.Random, av
         if question in avoid:
             continue
         items.append({"question": question, "answer": " ".join(picked), "topic": " ".join(picked[0].split()[:3])[:20]})
+        if reasoning:
+            items[-1]["reasoning"] = f"The source states: {picked[0]} The answer follows from it."
         if len(items) == count:
             break
     return items
@@ -180,7 +184,8 @@ class FaultLLMServer:
         count = min(int(count_match.group(1)), 20) if count_match else 3
         rng = random.Random(key)
         source = source_match.group(1) if source_match else ""
-        items = build_items(source, difficulty, count, rng, avoid=text[:source_match.start()] if source_match else "")
+        items = build_items(source, difficulty, count, rng, avoid=text[:source_match.start()] if source_match else "",
+                            reasoning='"reasoning"' in text)
         faults = []
         cfg = self.config
         if items and _unit(key, "bad") < cfg.rate_bad_item:

@@ -11,6 +11,17 @@ Tokenisation (what the model sees, exactly what `qaforge.chat.render_prompt` fee
 The empty think block is part of the prompt (non-thinking mode), so no loss is spent on it and
 the model never learns to emit think tags itself.
 
+A record with a thought (`QARecord.reasoning`, or an answer that opens with `<think>…</think>`) is
+a thinking sample, rendered as Qwen3's template renders it in thinking mode, with the loss on the
+thought too:
+
+    ...<|im_start|>assistant\n                               <- prompt (thinking generation prompt): -100
+    <think>\n{reasoning}\n</think>\n\n{answer}<|im_end|>      <- labels
+
+Both kinds mix in one dataset, as in Qwen3's own hybrid training: the empty think block of a
+non-thinking sample is what the thinking switch off puts in the prompt at serve time, and a
+thinking sample's prompt is what the switch on sends.
+
 Packing is padding-free: a micro-batch of N samples becomes ONE row of sum(len_i) tokens with
 `position_ids` restarting at 0 for every sample and `cu_seq_lens_*` marking the boundaries, the
 format transformers' flash-attention path and qaforge's varlen attention (`qaforge.train.fast`)
@@ -24,7 +35,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from qaforge.chat import DEFAULT_SYSTEM_PROMPT, build_messages, render_prompt
+from qaforge.chat import (DEFAULT_SYSTEM_PROMPT, THINK_TAGS, build_messages, join_reasoning,
+                          render_prompt, split_reasoning)
 from qaforge.dataset import QARecord
 
 IGNORE_INDEX = -100
@@ -35,6 +47,7 @@ class EncodedSample:
     input_ids: list[int]
     labels: list[int]  # same length as input_ids; IGNORE_INDEX where no loss is taken
     truncated: bool = False
+    thinking: bool = False  # carries a thought (loss on it), rendered in thinking mode
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -60,13 +73,19 @@ class ChatEncoder:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def encode(self, question: str, answer: str) -> EncodedSample | None:
-        """Encode one pair; None when even the prompt does not fit (the caller counts drops)."""
+    def encode(self, question: str, answer: str, reasoning: str = "") -> EncodedSample | None:
+        """Encode one pair (with its thought, if any: then a thinking sample); None when even the
+        prompt does not fit (the caller counts drops)."""
+        if not reasoning.strip() and THINK_TAGS[1] in answer:
+            reasoning, answer = split_reasoning(answer)
+        thinking = bool(reasoning.strip())
+        if thinking:
+            answer = join_reasoning(reasoning, answer)
         messages = build_messages(question, self.system_prompt)
-        prompt_text = render_prompt(self.tokenizer, messages)
+        prompt_text = render_prompt(self.tokenizer, messages, enable_thinking=thinking)
         full_text = self.tokenizer.apply_chat_template(
             build_messages(question, self.system_prompt, answer=answer), tokenize=False,
-            enable_thinking=False)
+            enable_thinking=thinking)
         if not full_text.startswith(prompt_text):
             # The template must render the training conversation as prompt + completion, else
             # training and serving would see different token sequences.
@@ -88,12 +107,12 @@ class ChatEncoder:
         truncated = len(completion_ids) > room
         completion_ids, completion_labels = completion_ids[:room], completion_labels[:room]
         return EncodedSample(prompt_ids + completion_ids,
-                             [IGNORE_INDEX] * len(prompt_ids) + completion_labels, truncated)
+                             [IGNORE_INDEX] * len(prompt_ids) + completion_labels, truncated, thinking)
 
     def encode_records(self, records: list[QARecord]) -> tuple[list[EncodedSample], dict[str, int]]:
         samples, dropped, truncated = [], 0, 0
         for record in records:
-            sample = self.encode(record.question, record.answer)
+            sample = self.encode(record.question, record.answer, getattr(record, "reasoning", ""))
             if sample is None:
                 dropped += 1
                 continue
@@ -102,6 +121,7 @@ class ChatEncoder:
         if not samples:
             raise ValueError(f"no sample fits max_seq_len={self.max_seq_len} (all {dropped} dropped)")
         stats = {"samples": len(samples), "dropped_prompt_too_long": dropped, "truncated": truncated,
+                 "thinking_samples": sum(s.thinking for s in samples),
                  "tokens": sum(len(s) for s in samples),
                  "label_tokens": sum(sum(1 for t in s.labels if t != IGNORE_INDEX) for s in samples)}
         return samples, stats

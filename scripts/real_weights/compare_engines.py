@@ -23,6 +23,12 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def agrees(tx: list[int], ty: list[int], first: int = 32) -> bool:
+    """Two answers agree on their first `first` tokens; one shorter than that agrees when the two are equal."""
+    shortest = min(len(tx), len(ty))
+    return common_prefix(tx, ty) >= min(first, shortest) and (shortest >= first or len(tx) == len(ty) == shortest)
+
+
 def compare(a: dict, b: dict, tokenizer, first: int = 32) -> dict:
     ans_a, ans_b = a["answers"], b["answers"]
     if len(ans_a) != len(ans_b):
@@ -31,10 +37,8 @@ def compare(a: dict, b: dict, tokenizer, first: int = 32) -> dict:
     for i, (x, y) in enumerate(zip(ans_a, ans_b)):
         tx = tokenizer(x, add_special_tokens=False)["input_ids"]
         ty = tokenizer(y, add_special_tokens=False)["input_ids"]
-        shortest = min(len(tx), len(ty))
         prefix = common_prefix(tx, ty)
-        # an answer shorter than N tokens agrees when the shorter one is a prefix of the other
-        agree = prefix >= min(first, shortest) and (shortest >= first or len(tx) == len(ty) == prefix)
+        agree = agrees(tx, ty, first)
         rows.append({"index": i, "prefix_tokens": prefix, "tokens": [len(tx), len(ty)], "agree_first": agree,
                      "identical": x == y})
     n = len(rows)

@@ -81,6 +81,18 @@ stage_serve() {  # NAME=run: the grader simulator over HTTP on the merged model,
   python3 scripts/real_weights/compare_engines.py "$W/res/grader_native" "$W/res/grader_vllm" --tokenizer "$model" \
     --data "$EXAM" --out "$W/res/engines_compared.json"
 }
+stage_agree() {  # NAME=run: greedy ids of native, vLLM and transformers in bf16 and fp32; fp32 logits at each parting
+  local model=$W/runs/${NAME:?NAME}/merged_model A="python3 -m scripts.real_weights.agreement" runs=()
+  for v in "native bfloat16" "vllm bfloat16" "hf bfloat16" "native float32" "hf float32" "vllm float32 --eager"; do
+    set -- $v
+    $A gen --engine "$1" --dtype "$2" ${3:-} --model "$model" --data "$EXAM" --out "$W/res/ids_$1_$2.json" 2>&1 | tail -2
+    [ -f "$W/res/ids_$1_$2.json" ] && runs+=("$W/res/ids_$1_$2.json")
+  done
+  $A judge --model "$model" "${runs[@]}" --out "$W/res/agreement_bf16.json" 2>&1 | grep -v "Loading weights"
+  # the same partings question for the two engines in fp32: do they still part, and where?
+  [ -f "$W/res/ids_vllm_float32.json" ] && $A judge --model "$model" "$W/res/ids_native_float32.json" \
+    "$W/res/ids_vllm_float32.json" --out "$W/res/agreement_fp32.json" 2>&1 | grep -v "Loading weights" | tail -2
+}
 stage_compare() {  # NAME=run: untuned and fine-tuned in one eval run (what the judge reads), DECODE_ARGS as chosen
   $Q eval --model "$W/runs/${NAME:?NAME}/merged_model" --base-model "$BASE" --data "$EXAM" --train-data "$TRAIN" \
     --out "$W/res/compare_$NAME" ${DECODE_ARGS:-} 2>&1 | tail -10

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .attn_meta import AttnMeta
+from .fp8 import from_kv, to_kv
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -47,8 +48,8 @@ def qk_norm_rope_store(qkv, positions, slot_mapping, k_cache, v_cache, q_w, k_w,
     s = sin[positions].unsqueeze(1).to(q.dtype)
     q = (q * c) + (_rotate_half(q) * s)
     k = (k * c) + (_rotate_half(k) * s)
-    k_cache.view(-1, num_kv_heads, head_dim)[slot_mapping] = k.to(k_cache.dtype)
-    v_cache.view(-1, num_kv_heads, head_dim)[slot_mapping] = v.reshape(T, num_kv_heads, head_dim).to(v_cache.dtype)
+    k_cache.view(-1, num_kv_heads, head_dim)[slot_mapping] = to_kv(k, k_cache.dtype)
+    v_cache.view(-1, num_kv_heads, head_dim)[slot_mapping] = to_kv(v.reshape(T, num_kv_heads, head_dim), v_cache.dtype)
     return q
 
 
@@ -69,8 +70,9 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     pos = torch.arange(max_k, device=dev)
     bt = meta.block_tables.long()[:, pos // block_size]                  # [B, max_k]
     slots = bt * block_size + pos % block_size
-    k = k_cache.view(-1, kvh, D)[slots].transpose(1, 2)                  # [B, KVH, max_k, D]
-    v = v_cache.view(-1, kvh, D)[slots].transpose(1, 2)
+    # an fp8 cache is upcast to the compute dtype; any other cache dtype is the compute dtype
+    k = from_kv(k_cache.view(-1, kvh, D)[slots], q.dtype).transpose(1, 2)  # [B, KVH, max_k, D]
+    v = from_kv(v_cache.view(-1, kvh, D)[slots], q.dtype).transpose(1, 2)
     if H != kvh:
         k = k.repeat_interleave(H // kvh, dim=1)
         v = v.repeat_interleave(H // kvh, dim=1)

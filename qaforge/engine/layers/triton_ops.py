@@ -1,6 +1,7 @@
 """Triton kernels for the CUDA path (bf16/fp16): fused RMSNorm(+residual), SiLU*mul, fused q/k-norm (skipped
 for Qwen2) + RoPE + KV-cache store, paged decode attention (GQA-aware) and varlen prefill attention over the paged
-cache (prefix-cache hits included). Imported only when CUDA and Triton are present."""
+cache (prefix-cache hits included). Imported only when CUDA and Triton are present. The KV cache may be fp8
+(float8_e4m3fn, scale 1.0): the store saturates and casts, the attention kernels upcast K/V to q's dtype."""
 from __future__ import annotations
 
 import torch
@@ -67,9 +68,11 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- q/k RMSNorm + RoPE + KV store
 @triton.jit
-def _norm_rope_heads(SRC, DST, W, mask, c, s, eps, D: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr):
+def _norm_rope_heads(SRC, DST, W, mask, c, s, eps, D: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr,
+                     SAT: tl.constexpr):
     """Pointer blocks [heads, HALF] to each head's first half at SRC and DST: RMSNorm per head (HAS_NORM,
-    weight W), rotate-half RoPE, stored in DST's dtype. All in fp32, rounded once."""
+    weight W), rotate-half RoPE, stored in DST's dtype (SAT: clamped to the fp8 range first). All in fp32,
+    rounded once."""
     x1 = tl.load(SRC, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(SRC + HALF, mask=mask, other=0.0).to(tl.float32)
     if HAS_NORM:
@@ -77,15 +80,26 @@ def _norm_rope_heads(SRC, DST, W, mask, c, s, eps, D: tl.constexpr, HALF: tl.con
         r = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / D + eps)[:, None]
         x1 = x1 * r * tl.load(W + oh)[None, :].to(tl.float32)
         x2 = x2 * r * tl.load(W + HALF + oh)[None, :].to(tl.float32)
-    tl.store(DST, (x1 * c[None, :] - x2 * s[None, :]).to(DST.dtype.element_ty), mask=mask)
-    tl.store(DST + HALF, (x2 * c[None, :] + x1 * s[None, :]).to(DST.dtype.element_ty), mask=mask)
+    y1 = x1 * c[None, :] - x2 * s[None, :]
+    y2 = x2 * c[None, :] + x1 * s[None, :]
+    if SAT:
+        y1 = _sat_fp8(y1)
+        y2 = _sat_fp8(y2)
+    tl.store(DST, y1.to(DST.dtype.element_ty), mask=mask)
+    tl.store(DST + HALF, y2.to(DST.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _sat_fp8(x):
+    """Clamp to e4m3's +-448 (KV scale 1.0, see fp8.py): a cast of a larger value is not guaranteed to saturate."""
+    return tl.minimum(tl.maximum(x, -448.0), 448.0)
 
 
 @triton.jit
 def _qk_norm_rope_store_kernel(QKV, QOUT, KC, VC, POS, SLOT, QW, KW, COS, SIN,
                                stride_qkv, stride_cs, eps,
                                H: tl.constexpr, KVH: tl.constexpr, HP2: tl.constexpr, KVHP2: tl.constexpr,
-                               D: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr):
+                               D: tl.constexpr, HALF: tl.constexpr, HAS_NORM: tl.constexpr, KV_FP8: tl.constexpr):
     t = tl.program_id(0)
     pos = tl.load(POS + t).to(tl.int64)
     slot = tl.load(SLOT + t).to(tl.int64)
@@ -95,15 +109,19 @@ def _qk_norm_rope_store_kernel(QKV, QOUT, KC, VC, POS, SLOT, QW, KW, COS, SIN,
     row = QKV + t * stride_qkv
     hh = tl.arange(0, HP2)
     _norm_rope_heads(row + hh[:, None] * D + oh[None, :], QOUT + t * (H * D) + hh[:, None] * D + oh[None, :],
-                     QW, (hh < H)[:, None], c, s, eps, D, HALF, HAS_NORM)
+                     QW, (hh < H)[:, None], c, s, eps, D, HALF, HAS_NORM, False)
     kh = tl.arange(0, KVHP2)
-    km = (kh < KVH)[:, None] & (slot >= 0)  # slot -1: a padded CUDA-graph row, nothing stored
+    # slot -1: a padded CUDA-graph row, nothing stored (broadcast to a block: Triton's interpreter, which the CPU
+    # tests run this kernel in, rejects a scalar & block mask)
+    km = (kh < KVH)[:, None] & (slot + kh[:, None] * 0 >= 0)
     _norm_rope_heads(row + H * D + kh[:, None] * D + oh[None, :], KC + slot * (KVH * D) + kh[:, None] * D + oh[None, :],
-                     KW, km, c, s, eps, D, HALF, HAS_NORM)
+                     KW, km, c, s, eps, D, HALF, HAS_NORM, KV_FP8)
     # v
     od = tl.arange(0, D)
     vb = row + (H + KVH) * D + kh[:, None] * D + od[None, :]
     v = tl.load(vb, mask=km, other=0.0)
+    if KV_FP8:
+        v = _sat_fp8(v.to(tl.float32))
     tl.store(VC + slot * (KVH * D) + kh[:, None] * D + od[None, :], v.to(VC.dtype.element_ty), mask=km)
 
 
@@ -120,7 +138,7 @@ def qk_norm_rope_store(qkv, positions, slot_mapping, k_cache, v_cache, q_w, k_w,
             cos, sin, qkv.stride(0), cos.stride(0), eps,
             H=num_heads, KVH=num_kv_heads, HP2=triton.next_power_of_2(num_heads),
             KVHP2=triton.next_power_of_2(num_kv_heads), D=head_dim, HALF=head_dim // 2, HAS_NORM=has_norm,
-            num_warps=4)
+            KV_FP8=k_cache.dtype == torch.float8_e4m3fn, num_warps=4)
     return q
 
 
@@ -157,14 +175,14 @@ def _decode_kernel(Q, KC, VC, BT, CTX, O, OP, ML, scale, stride_bt,
         page = tl.load(BT + b * stride_bt + on // PAGE, mask=nm, other=0).to(tl.int64)
         slot = page * PAGE + on % PAGE
         kv_off = slot[:, None] * (KVH * D) + kvh * D + od[None, :]
-        k = tl.load(KC + kv_off, mask=nm[:, None], other=0.0)
+        k = tl.load(KC + kv_off, mask=nm[:, None], other=0.0).to(q.dtype)  # fp8 cache: upcast
         s = tl.dot(q, tl.trans(k)) * qk_scale
         s = tl.where(nm[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(VC + kv_off, mask=nm[:, None], other=0.0)
+        v = tl.load(VC + kv_off, mask=nm[:, None], other=0.0).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -233,14 +251,14 @@ def _prefill_kernel(Q, KC, VC, BT, CTX, CU, O, scale, stride_bt,
         page = tl.load(BT + b * stride_bt + on // PAGE, mask=nm, other=0).to(tl.int64)
         slot = page * PAGE + on % PAGE
         kv_off = slot[:, None] * (KVH * D) + kvh * D + od[None, :]
-        k = tl.load(KC + kv_off, mask=nm[:, None], other=0.0)
+        k = tl.load(KC + kv_off, mask=nm[:, None], other=0.0).to(q.dtype)  # fp8 cache: upcast
         s = tl.dot(q, tl.trans(k)) * qk_scale
         s = tl.where((qpos[:, None] >= on[None, :]) & nm[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(VC + kv_off, mask=nm[:, None], other=0.0)
+        v = tl.load(VC + kv_off, mask=nm[:, None], other=0.0).to(q.dtype)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     l_i = tl.where(l_i == 0.0, 1.0, l_i)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..config import check_architecture
 from ..layers.attn_meta import AttnMeta
+from ..layers.fp8 import linear  # F.linear, or the fp8 GEMM once layers/fp8.quantize_model replaced a weight
 
 
 class Family(NamedTuple):
@@ -127,11 +128,12 @@ class QwenForCausalLM:
         self.sin = emb.sin().to(device)
         self.scale = D ** -0.5
         self.ops = None  # set by the model runner
+        self.lora_batch = None  # a layers.lora.LoraBatch while a batch with LoRA rows runs (model runner)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMeta,
                 kv_cache: torch.Tensor) -> torch.Tensor:
         """Returns the residual stream after the last layer (before the final norm), [T, hidden]."""
-        a, ops = self.args, self.ops
+        a, ops, lora = self.args, self.ops, self.lora_batch
         eps = a.rms_norm_eps
         h = F.embedding(input_ids, self.embed)
         residual = None
@@ -141,16 +143,27 @@ class QwenForCausalLM:
                 x = ops.rms_norm(h, L.in_w, eps)
             else:
                 x, residual = ops.add_rms_norm(h, residual, L.in_w, eps)
-            qkv = F.linear(x, L.qkv_w, L.qkv_b)
+            qkv = linear(x, L.qkv_w, L.qkv_b)
+            if lora is not None:
+                qkv = lora.apply(i, "qkv", x, qkv)
             k_cache, v_cache = kv_cache[0, i], kv_cache[1, i]
             # q_norm/k_norm are None for Qwen2: the op then only applies RoPE
             q = ops.qk_norm_rope_store(qkv, positions, meta.slot_mapping, k_cache, v_cache, L.q_norm, L.k_norm,
                                        self.cos, self.sin, a.num_attention_heads, a.num_key_value_heads,
                                        a.head_dim, eps)
             o = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
-            h = F.linear(o.reshape(o.shape[0], -1), L.o_w, L.o_b)
+            o = o.reshape(o.shape[0], -1)
+            h = linear(o, L.o_w, L.o_b)
+            if lora is not None:
+                h = lora.apply(i, "o", o, h)
             x, residual = ops.add_rms_norm(h, residual, L.post_w, eps)
-            h = F.linear(ops.silu_mul(F.linear(x, L.gate_up_w)), L.down_w)
+            gu = linear(x, L.gate_up_w)
+            if lora is not None:
+                gu = lora.apply(i, "gate_up", x, gu)
+            m = ops.silu_mul(gu)
+            h = linear(m, L.down_w)
+            if lora is not None:
+                h = lora.apply(i, "down", m, h)
         return residual + h
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
