@@ -288,3 +288,22 @@ def test_mixed_step_parts_describe_the_same_batch(model_dir):
     while not llm.is_finished():
         llm.step()
     assert [s.num_completion_tokens for s in seqs] == [8, 8, 8]  # the batch still ran normally
+
+
+def test_chunked_lora_rows_in_mixed_steps_equal_unchunked(tiny_model_dir, tmp_path_factory):
+    """LoRA adapters ride through chunked prompts and mixed steps: the same tokens as whole-prompt prefill."""
+    from lora_helpers import adapters_and_merged
+    adapters, _ = adapters_and_merged(tiny_model_dir, tmp_path_factory.mktemp("chunked_lora"))
+    prompts = prompts_of([7, 40, 33, 12, 26], seed=71, vocab=4000)
+    names = ["a", "b", None, "b", "a"]
+    sp = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    kw = dict(device="cpu", dtype="float32", max_model_len=256, max_num_seqs=8,
+              lora={k: str(v) for k, v in adapters.items()})
+    chunked = LLM(str(tiny_model_dir), max_num_batched_tokens=BUDGET, **kw)
+    steps = record_batches(chunked)
+    a = chunked.generate(prompts, sp, lora=names)
+    b = LLM(str(tiny_model_dir), enable_chunked_prefill=False, **kw).generate(prompts, sp, lora=names)
+    assert any(d > 0 and c > 0 for d, c, _ in steps)
+    assert [o.token_ids for o in a] == [o.token_ids for o in b]
+    base = chunked.generate([prompts[1]], sp)[0].token_ids
+    assert base != a[1].token_ids  # adapter b really acted on the chunked prompt
