@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from qaforge.generate.corpus import Chunk
-from qaforge.generate.llm_client import ITEMS_SCHEMA, LLMClient, LLMOptions
+from qaforge.generate.llm_client import LLMClient, LLMOptions, items_schema
 from qaforge.generate.parsing import item_reasoning
 from qaforge.generate.prompts import load_prompts
 from qaforge.testing.fault_llm_server import FaultConfig, FaultLLMServer
@@ -47,9 +47,9 @@ def test_schema_requires_reasoning_only_with_the_flag():
     schema = LLMClient(LLMOptions(base_url="http://127.0.0.1:9", with_reasoning=True))._format_arg()
     item = schema["json_schema"]["schema"]["properties"]["items"]["items"]
     assert item["required"] == ["question", "reasoning", "answer", "topic"]
-    assert "reasoning" not in ITEMS_SCHEMA["schema"]["properties"]["items"]["items"]["properties"]
     plain = LLMClient(LLMOptions(base_url="http://127.0.0.1:9"))._format_arg()
-    assert plain["json_schema"] is ITEMS_SCHEMA
+    assert "reasoning" not in plain["json_schema"]["schema"]["properties"]["items"]["items"]["properties"]
+    assert plain["json_schema"] == items_schema(LLMOptions().questions_per_call)
 
 
 @pytest.mark.parametrize("item,want", [

@@ -95,3 +95,85 @@ def test_fused_loss_keeps_generation_working(random_model_dir):  # noqa: F811
     assert model(input_ids=ids, labels=ids).logits is None  # labels: fused loss, no logits
     fast.uninstall_fused_loss(model)
     assert model(input_ids=ids, labels=ids).logits is not None
+
+
+# --------------------------------------------------------------------------------------------
+# compile cache (qaforge.train.compile_cache) and the end-of-run speed verdict (qaforge.train.speed)
+# --------------------------------------------------------------------------------------------
+_COMPILE_CHILD = """
+import json, sys, time
+import torch
+from torch._dynamo.utils import counters
+from qaforge.train import compile_cache
+cache = compile_cache.activate(compile_cache.peek(compile_cache.resolve(sys.argv[1], "key")))
+f = torch.compile(lambda x, w: torch.nn.functional.silu(x @ w).sum(), dynamic=True)
+start = time.time()
+f(torch.randn(8, 4, requires_grad=True), torch.randn(4, 4)).backward()
+compile_cache.finish(cache, {"first_step_s (includes compilation)": time.time() - start, "median_step_ms": 1.0})
+print(json.dumps({"warm": cache.warm, "loaded": cache.loaded_artifacts, "inductor": dict(counters["inductor"]),
+                  "aot": dict(counters["aot_autograd"])}))
+"""
+
+
+def test_compile_cache_survives_the_process(tmp_path):
+    """Two processes compile the same function: the second hits Inductor's FX and AOT-autograd caches."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    runs = []
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, str(tmp_path / "cache")], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    cold, warm = runs
+    assert not cold["warm"] and cold["inductor"].get("fxgraph_cache_miss", 0) >= 1
+    assert warm["warm"] and warm["loaded"]
+    assert warm["inductor"].get("fxgraph_cache_hit", 0) >= 1 and not warm["inductor"].get("fxgraph_cache_miss")
+    assert warm["aot"].get("autograd_cache_hit", 0) == 1
+    assert (tmp_path / "cache" / "key" / "compile_artifacts.bin").stat().st_size > 0
+
+
+def test_compile_cache_folder_rules(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from qaforge.train import compile_cache
+
+    for var in (compile_cache.ENV_VAR, "TORCHINDUCTOR_CACHE_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    small = SimpleNamespace(model_type="qwen3", hidden_size=64, num_hidden_layers=2)
+    key = compile_cache.cache_key(small, {"lora_r": 8})
+    assert key.startswith(f"torch{torch.__version__.replace('+', '_')}-qwen3-")
+    assert compile_cache.cache_key(SimpleNamespace(**{**vars(small), "hidden_size": 128}), {"lora_r": 8}) != key
+    assert compile_cache.cache_key(small, {"lora_r": 16}) != key
+    assert compile_cache.resolve(None, key).directory == tmp_path / "xdg" / "qaforge" / "compile" / key
+    assert compile_cache.resolve(str(tmp_path / "mine"), key).directory == tmp_path / "mine" / key
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "user"))
+    assert compile_cache.resolve(None, key).source == "TORCHINDUCTOR_CACHE_DIR"
+    monkeypatch.setenv(compile_cache.ENV_VAR, "off")
+    assert compile_cache.resolve(None, key).directory is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / compile_cache.MARKER).write_text("{not json")
+    assert not compile_cache.peek(compile_cache.CompileCache(tmp_path / "bad", "test")).warm
+
+
+def test_speed_verdict_says_when_compile_did_not_pay():
+    from qaforge.train.speed import time_split, verdict
+
+    timing = {"steps_timed": 100, "first_step_s (includes compilation)": 40.16, "median_step_ms": 160.0,
+              "sum_of_steps_over_3x_median_s": 0.0, "eval_s": [1.0], "eval_plus_save_s": [0.5]}
+    split = time_split(timing, train_runtime_s=60.0, compiled=True)
+    assert split["compile_s"] == 40.0 and split["steady_s"] == 18.5 and split["steps"] == 100
+    info = {"compile": True, "compile_cache": {"dir": "/cache/x"}}
+    short = verdict(split, info)
+    assert short["compile_paid_off"] is False and short["estimated_saving_s"] == 9.6
+    assert "--no-compile" in short["notices"][0] and "/cache/x" in short["notices"][0]
+    long_run = verdict(time_split({**timing, "steps_timed": 1000}, 200.0, True), info)
+    assert long_run["compile_paid_off"] is True and long_run["notices"] == []
+    fallback = verdict(split, {"compile": False, "fallback": "only 2 of 4 decoder layers run the fused function"})
+    assert fallback["notices"] and fallback["notices"][0].startswith("SLOWER PATH: only 2 of 4")
+    assert "compile_paid_off" not in fallback

@@ -185,3 +185,21 @@ def test_compiled_fused_layers_on_gpu_equal_plain_peft(family_dir, qa_files, cud
     for loss, grads in losses_and_grads(fused, packed, 4):
         assert abs(loss - ref_loss) / ref_loss < 2e-2
         assert torch.nn.functional.cosine_similarity(grads, ref_grads, dim=0) > 0.99
+
+
+def test_build_model_reports_a_slower_path(random_model_dir, tmp_path):  # noqa: F811
+    """fast_path.fallback names why the fused layers do not run every layer, and is None when they do."""
+    from qaforge.train.model import build_model
+    from qaforge.train.profiles import load_profile
+
+    def built(**overrides):
+        config = load_profile("tiny", model=str(random_model_dir), output_dir=str(tmp_path), device="cpu",
+                              compile=False, **overrides)
+        return build_model(config, random_model_dir, "cpu", torch.float32)[1]
+
+    fused = built()
+    assert fused["fallback"] is None and fused["fused_layers"] == fused["layers"] == 2
+    assert fused["compile"] is False and fused["compile_cache"] is None
+    padded = built(packing=False)
+    assert padded["fused_layers"] == 0 and "varlen" in padded["fallback"]
+    assert built(fused_layers=False)["fallback"] is None  # switched off by the user: not a fallback

@@ -26,6 +26,7 @@ class Sampler:
         self.num_rows = num_rows
         self._seen: torch.Tensor | None = None                       # [num_rows, vocab] bool
         self._seen_by: list[tuple[int, int] | None] = [None] * num_rows  # (seq_id, tokens in the row) per row
+        self._masks = None                                           # structured.GrammarMasks, on first use
 
     def seed(self, seed: int) -> None:
         self._gen.manual_seed(seed)
@@ -36,13 +37,19 @@ class Sampler:
         logits = logits[:B]
         params = [s.params for s in seqs]
         penalised = [i for i, p in enumerate(params) if p.repetition_penalty != 1.0]
-        if not penalised and all(p.greedy for p in params):
+        constrained = [i for i, p in enumerate(params) if p.grammar is not None]
+        if not penalised and not constrained and all(p.greedy for p in params):
             return logits.argmax(dim=-1)
         if B > self.CHUNK:  # bound the [rows, vocab] fp32 temporaries
             return torch.cat([self(logits[i:i + self.CHUNK], seqs[i:i + self.CHUNK]) for i in range(0, B, self.CHUNK)])
         logits = logits.float()
         if penalised:
             rows = self._penalise(logits, seqs, penalised)
+        if constrained:  # structured output: what the grammar forbids goes to -inf (engine/structured.py)
+            if self._masks is None:
+                from .structured import GrammarMasks
+                self._masks = GrammarMasks()
+            self._masks.apply(logits, seqs, constrained)
         tokens = logits.argmax(dim=-1) if all(p.greedy for p in params) else self._sample(logits, seqs)
         if penalised:
             self._record(tokens, seqs, penalised, rows)

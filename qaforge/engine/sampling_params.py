@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -15,6 +16,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     repetition_penalty: float = 1.0  # vLLM/HF: logits of prompt and output tokens / p (> 0) or * p (<= 0); 1 = off
+    grammar: Any = None           # structured output: an engine.structured.Grammar the tokens must follow
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

@@ -19,33 +19,32 @@ from pathlib import Path
 
 import yaml
 
+from qaforge.generate.filters import DEFAULT_ANSWER_BOUNDS, QUESTION_BOUNDS
+
 PRICES_FILE = Path(__file__).with_name("prices.yaml")
 RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "none")
-ITEMS_SCHEMA = {
-    "name": "qa_items",
-    "schema": {
+TOPIC_MAX_CHARS = 32  # the prompts ask for a 2-8 character topic
+
+
+def items_schema(max_items: int, with_reasoning: bool = False) -> dict:
+    """The json_schema response format of one call: at most `max_items` items, strings no longer than
+    the quality filter accepts (filters.py), no other keys. Bounded on purpose: a server that enforces
+    the schema (qaforge serve, vLLM) then always ends the JSON within a known length, instead of a weak
+    or hot model writing one endless string until max_tokens cuts it off."""
+    longest_answer = max(high for _, high in DEFAULT_ANSWER_BOUNDS.values())
+    item = {"type": "object",
+            "properties": {"question": {"type": "string", "maxLength": QUESTION_BOUNDS[1]},
+                           "answer": {"type": "string", "maxLength": longest_answer},
+                           "topic": {"type": "string", "maxLength": TOPIC_MAX_CHARS}},
+            "required": ["question", "answer", "topic"], "additionalProperties": False}
+    if with_reasoning:  # a constrained decoder emits only the properties a schema names
+        item["properties"] = {"question": item["properties"]["question"], "reasoning": {"type": "string"},
+                              **{k: v for k, v in item["properties"].items() if k != "question"}}
+        item["required"].insert(1, "reasoning")
+    return {"name": "qa_items_with_reasoning" if with_reasoning else "qa_items", "schema": {
         "type": "object",
-        "properties": {"items": {"type": "array", "items": {
-            "type": "object",
-            "properties": {"question": {"type": "string"}, "answer": {"type": "string"},
-                           "topic": {"type": "string"}},
-            "required": ["question", "answer", "topic"]}}},
-        "required": ["items"],
-    },
-}
-
-
-def items_schema(with_reasoning: bool = False) -> dict:
-    """ITEMS_SCHEMA, with a required `reasoning` string per item when one is asked for (a constrained
-    decoder emits only the properties a schema names)."""
-    if not with_reasoning:
-        return ITEMS_SCHEMA
-    schema = json.loads(json.dumps(ITEMS_SCHEMA))
-    item = schema["schema"]["properties"]["items"]["items"]
-    item["properties"] = {"question": item["properties"]["question"], "reasoning": {"type": "string"},
-                          **{k: v for k, v in item["properties"].items() if k != "question"}}
-    item["required"].insert(1, "reasoning")
-    return {**schema, "name": "qa_items_with_reasoning"}
+        "properties": {"items": {"type": "array", "items": item, "minItems": 1, "maxItems": max_items}},
+        "required": ["items"], "additionalProperties": False}}
 
 
 def env_default(*names: str, default: str = "") -> str:
@@ -138,7 +137,8 @@ class LLMClient:
 
     def _format_arg(self) -> dict | None:
         if self.response_format == "json_schema":
-            return {"type": "json_schema", "json_schema": items_schema(self.options.with_reasoning)}
+            return {"type": "json_schema",
+                    "json_schema": items_schema(self.options.questions_per_call, self.options.with_reasoning)}
         if self.response_format == "json_object":
             return {"type": "json_object"}
         return None

@@ -19,7 +19,8 @@ from fastapi.responses import Response
 
 from qaforge.serve.backends import Engine
 from qaforge.serve.errors import install_error_handlers
-from qaforge.serve.http_utils import CLIENT_CLOSED, ClientDisconnected, RequestMetricsMiddleware
+from qaforge.serve.http_utils import (CLIENT_CLOSED, ApiKeyMiddleware, ClientDisconnected,
+                                     RequestMetricsMiddleware)
 from qaforge.serve.metrics import ServerMetrics
 from qaforge.serve.routes_grader import router as grader_router
 from qaforge.serve.routes_openai import router as openai_router
@@ -62,6 +63,10 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
     async def _gone(_: Request, __: ClientDisconnected) -> Response:
         return Response(status_code=CLIENT_CLOSED)
 
+    if settings.api_key:  # inside the metrics middleware: refused requests are counted too
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key,
+                           protect_grader=settings.protect_grader)
+        log.info("API key required on /v1/*%s", " and the grader routes" if settings.protect_grader else "")
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     app.include_router(grader_router)
     app.include_router(openai_router)

@@ -13,8 +13,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
@@ -82,6 +85,11 @@ class Engine(abc.ABC):
         """Engine-side counters for /metrics and /health (optional)."""
         return {}
 
+    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+        """`sampling` restricted to a checked response format (serve/structured.py):
+        {"type": "json_object"} or {"type": "json_schema", "schema": {...}}. ValueError if refused."""
+        raise ValueError(f"the {self.name} engine does not support structured output")
+
 
 class NativeEngine(Engine):
     """qaforge's own paged-KV engine (qaforge.engine.async_engine.AsyncLLM)."""
@@ -92,6 +100,9 @@ class NativeEngine(Engine):
         self.model_path = model_path
         self.settings = settings
         self._llm: Any = None
+        self._vocab: Any = None                  # engine.structured.Vocabulary, on first use
+        self._grammars: dict[str, Any] = {}      # response format (JSON text) -> Grammar
+        self._grammar_lock = threading.Lock()
 
     def engine_kwargs(self) -> dict[str, Any]:
         s = self.settings
@@ -127,6 +138,35 @@ class NativeEngine(Engine):
         return self._SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                     seed=seed, ignore_eos=ignore_eos, repetition_penalty=repetition_penalty)
 
+    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+        # In a thread: the first call builds llguidance's vocabulary (about a second for Qwen3) and
+        # compiling a large schema can take as long; the event loop keeps serving meanwhile.
+        grammar = await asyncio.to_thread(self._grammar, response_format)
+        return dataclasses.replace(sampling, grammar=grammar)
+
+    def _grammar(self, response_format: dict[str, Any]) -> Any:
+        from qaforge.engine.structured import Vocabulary
+        from qaforge.modeling import load_tokenizer
+
+        key = json.dumps(response_format, sort_keys=True)
+        with self._grammar_lock:
+            if key in self._grammars:  # clients send the same schema again and again
+                return self._grammars[key]
+            if self._vocab is None:
+                llm = self._llm.llm
+                self._vocab = Vocabulary(load_tokenizer(self.model_path), llm.vocab_size,
+                                         llm.eos_token_ids)
+            vocab = self._vocab
+        if response_format["type"] == "json_object":
+            grammar = vocab.json_object()
+        else:
+            grammar = vocab.json_schema(response_format["schema"])
+        with self._grammar_lock:
+            if len(self._grammars) >= 128:
+                self._grammars.pop(next(iter(self._grammars)))
+            self._grammars[key] = grammar
+        return grammar
+
     def generate(self, prompt_ids: list[int], sampling: Any, request_id: str) -> AsyncIterator[TokenDelta]:
         # AsyncLLM's RequestOutput has TokenDelta's fields; closing it aborts the request.
         sampling, lora = self.unbind_lora(sampling)
@@ -156,9 +196,8 @@ class VllmEngine(Engine):
         self.settings = settings
         self._llm: Any = None
 
-    def engine_args(self) -> Any:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-
+    def engine_kwargs(self) -> dict[str, Any]:
+        """vLLM's AsyncEngineArgs fields, by their names (vllm.engine.arg_utils)."""
         s = self.settings
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
@@ -169,7 +208,10 @@ class VllmEngine(Engine):
             gpu_memory_utilization=s.gpu_memory_utilization,
             enable_prefix_caching=s.enable_prefix_caching,
             enforce_eager=s.enforce_eager,
-            tensor_parallel_size=1,
+            # `vllm serve -tp N -dp M`: with M > 1 vLLM's AsyncLLM starts M engine processes and
+            # balances requests over them itself (its internal load balancer).
+            tensor_parallel_size=s.tensor_parallel_size,
+            data_parallel_size=s.data_parallel_size,
             disable_log_stats=True,
         )
         if s.dtype != "auto":
@@ -179,6 +221,21 @@ class VllmEngine(Engine):
         if s.lora_modules:
             kwargs.update(vllm_lora_args(lora_ranks(self.model_path, s.lora_modules)))
         kwargs.update(s.extra)
+        return kwargs
+
+    def engine_args(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        kwargs = self.engine_kwargs()
+        try:  # vLLM >= 0.11: the JSON layout is an engine setting, not a request's
+            from vllm.config import StructuredOutputsConfig
+        except ImportError:
+            pass
+        else:
+            # llguidance, the native engine's grammar library, with compact JSON: the same answers'
+            # shape on both engines, and no endless whitespace from a weak model.
+            kwargs.setdefault("structured_outputs_config", StructuredOutputsConfig(
+                backend="guidance", disable_any_whitespace=True))
         return AsyncEngineArgs(**kwargs)
 
     async def start(self) -> None:
@@ -216,6 +273,26 @@ class VllmEngine(Engine):
             repetition_penalty=repetition_penalty,
             detokenize=False,  # the server detokenizes (stop strings, think filtering)
             output_kind=self._delta)
+
+    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+        # vLLM compiles and enforces the grammar itself (engine_args picks its llguidance backend).
+        # disable_any_whitespace is read per request by older vLLMs, from the engine config by newer.
+        if response_format["type"] == "json_object":
+            spec = dict(json_object=True, disable_any_whitespace=True)
+        else:
+            from qaforge.engine.structured import json_schema_grammar
+
+            json_schema_grammar(response_format["schema"])  # a bad schema: 400 now, not a failed stream
+            spec = dict(json=response_format["schema"], disable_any_whitespace=True)
+        try:
+            from vllm.sampling_params import StructuredOutputsParams
+        except ImportError:  # vLLM before 0.11 called it guided decoding
+            from vllm.sampling_params import GuidedDecodingParams
+
+            sampling.guided_decoding = GuidedDecodingParams(**spec)
+            return sampling
+        sampling.structured_outputs = StructuredOutputsParams(**spec)
+        return sampling
 
     async def generate(self, prompt_ids: list[int], sampling: Any,
                        request_id: str) -> AsyncIterator[TokenDelta]:

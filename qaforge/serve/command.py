@@ -32,6 +32,14 @@ def serve(
     enforce_eager: Optional[bool] = typer.Option(None, help="vLLM: no CUDA graphs"),
     request_timeout: Optional[float] = typer.Option(None, help="seconds per request"),
     warmup: Optional[bool] = typer.Option(None, help="warm up before reporting ready"),
+    tensor_parallel_size: Optional[int] = typer.Option(
+        None, help="vLLM: split the model over N GPUs (QAFORGE_TENSOR_PARALLEL_SIZE)"),
+    data_parallel_size: Optional[int] = typer.Option(
+        None, help="vLLM: M model replicas behind vLLM's own balancer (QAFORGE_DATA_PARALLEL_SIZE)"),
+    api_key: Optional[str] = typer.Option(
+        None, help="require 'Authorization: Bearer KEY' on /v1/* (QAFORGE_API_KEY)", show_default=False),
+    protect_grader: Optional[bool] = typer.Option(
+        None, "--protect-grader", help="the grader routes (GET /, POST /predict) need the key too"),
     log_level: Optional[str] = typer.Option(None, help="debug | info | warning"),
     lora: Optional[list[str]] = typer.Option(None, help="LoRA adapter served unmerged, NAME=PATH; repeatable "
                                              "(QAFORGE_LORA='a=/p,b=/q'); requests pick it by model"),
@@ -50,7 +58,9 @@ def serve(
                      system_prompt=system_prompt, served_model_name=served_model_name,
                      quantization=quantization, gpu_memory_utilization=gpu_memory_utilization,
                      enforce_eager=enforce_eager, request_timeout=request_timeout, warmup=warmup,
-                     log_level=log_level, lora=",".join(lora) if lora else None, predict_lora=predict_lora)
+                     tensor_parallel_size=tensor_parallel_size, data_parallel_size=data_parallel_size,
+                     api_key=api_key, protect_grader=protect_grader, log_level=log_level,
+                     lora=",".join(lora) if lora else None, predict_lora=predict_lora)
     try:
         settings = ServeSettings.from_env(**overrides)
     except ValueError as exc:

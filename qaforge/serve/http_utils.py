@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 from typing import Any, AsyncIterator, Awaitable, TypeVar
@@ -53,6 +54,43 @@ class RequestMetricsMiddleware:
 
 _KNOWN_ROUTES = {"/", "/predict", "/health", "/metrics", "/v1/models", "/v1/chat/completions",
                  "/v1/completions"}
+
+
+class ApiKeyMiddleware:
+    """`Authorization: Bearer KEY` on /v1/* (and on GET / and POST /predict with protect_grader);
+    /health and /metrics stay open for probes and scrapers. Installed only when a key is set, so an
+    open server pays nothing. The keys are compared in constant time, and neither the expected nor
+    the offered key appears in a response or a log line."""
+
+    def __init__(self, app: ASGIApp, api_key: str, protect_grader: bool = False):
+        self.app, self.protect_grader = app, protect_grader
+        self._expected = api_key.encode("ascii")
+
+    def _guarded(self, path: str) -> bool:
+        if path == "/v1" or path.startswith("/v1/"):
+            return True
+        return self.protect_grader and path in ("/", "/predict")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._guarded(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        scheme, _, offered = (header or b"").partition(b" ")
+        if header is None:
+            problem = "missing API key: send the header 'Authorization: Bearer <key>'"
+        elif scheme.lower() != b"bearer" or not hmac.compare_digest(offered.strip(), self._expected):
+            problem = "invalid API key in the Authorization header (expected 'Bearer <key>')"
+        else:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(error_body(401, problem + "; this server was started with --api-key "
+                                              "(QAFORGE_API_KEY)")).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": body})
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -17,6 +17,7 @@ from qaforge.serve.http_utils import SSE_DONE, EventStreamResponse, guarded, sse
 from qaforge.serve.schemas import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from qaforge.serve.service import GenerationService
 from qaforge.serve.state import ServerState, get_state
+from qaforge.serve.structured import constrained
 
 router = APIRouter(prefix="/v1")
 
@@ -127,7 +128,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         raise ApiError(400, "tools are not supported", "tools")
     prompt_ids, splitter = chat_prompt(state, body)
     requested = body.max_completion_tokens or body.max_tokens
-    params = _params(service, body, prompt_ids, requested, "messages", lora)
+    params = await constrained(service, _params(service, body, prompt_ids, requested, "messages", lora), body)
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), lora or state.settings.model_name
     stop = body.stop_list()
     if body.stream:
@@ -211,8 +212,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     if body.echo or body.suffix:
         raise ApiError(400, "echo and suffix are not supported", "echo")
     prompts = completion_prompts(state, body)
-    jobs = [(ids, _params(service, body, ids, body.max_tokens,
-                          "prompt" if len(prompts) == 1 else f"prompt[{i}]", lora))
+    jobs = [(ids, await constrained(service, _params(service, body, ids, body.max_tokens,
+                                                     "prompt" if len(prompts) == 1 else f"prompt[{i}]", lora), body))
             for i, ids in enumerate(prompts)]
     rid, created, model = f"cmpl-{uuid.uuid4().hex}", int(time.time()), lora or state.settings.model_name
     stop = body.stop_list()

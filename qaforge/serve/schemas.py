@@ -59,6 +59,19 @@ class StreamOptions(_Body):
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(_Body):
+    name: StrictStr = "response"  # OpenAI requires a name; nothing here depends on it
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")  # `schema` shadows BaseModel's
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(_Body):
+    """OpenAI's structured output: plain text, any JSON object, or JSON valid against a schema."""
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class OpenAIFields(SamplingFields):
     model: StrictStr
     stop: Stop | None = None
@@ -66,6 +79,7 @@ class OpenAIFields(SamplingFields):
     stream_options: StreamOptions | None = None
     n: Annotated[StrictInt, Field(ge=1)] = 1
     logprobs: StrictBool | StrictInt | None = None
+    response_format: ResponseFormat | None = None
 
     def stop_list(self) -> list[str]:
         if self.stop is None:

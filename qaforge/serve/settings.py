@@ -47,11 +47,17 @@ class ServeSettings:
     gpu_memory_utilization: float = 0.95
     enable_prefix_caching: bool = True
     enforce_eager: bool = False          # False: CUDA graphs
+    tensor_parallel_size: int = 1       # vLLM only: GPUs one model is split over
+    data_parallel_size: int = 1         # vLLM only: model replicas, vLLM balances requests over them
     log_level: str = "info"
     # LoRA adapters served unmerged, vLLM's NAME=PATH: "a=/p,b=/q" (`--lora` repeatable); requests pick one by
     # `model`. /predict answers with the base unless predict_lora names one of them.
     lora: str = ""
     predict_lora: str = ""
+    # Bearer key for /v1/* (and the grader routes with protect_grader); "" leaves the server open.
+    # repr=False: a settings dump (logs, tracebacks) never shows it.
+    api_key: str = field(default="", repr=False)
+    protect_grader: bool = False         # GET / and POST /predict need the key too
     # Engine kwargs passed through unchanged; env: QAFORGE_ENGINE_ARGS='{"kv_cache_memory_gb": 1}'
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +85,26 @@ class ServeSettings:
         if self.predict_lora and self.predict_lora not in names:
             raise ValueError(f"--predict-lora {self.predict_lora!r} is not one of the --lora adapters "
                              f"({', '.join(names) or 'none given'})")
+        self._validate_parallel()
+        # Never quote the key: this message may end up in a log or on a terminal someone shares.
+        if self.api_key and not (self.api_key.isascii() and self.api_key.isprintable()
+                                 and not any(c.isspace() for c in self.api_key)):
+            raise ValueError("api_key (--api-key / QAFORGE_API_KEY) must be printable ASCII "
+                             "without spaces (it travels in an HTTP header)")
+        if self.protect_grader and not self.api_key:
+            raise ValueError("protect_grader (--protect-grader) needs an API key: "
+                             "pass --api-key or set QAFORGE_API_KEY")
+
+    def _validate_parallel(self) -> None:
+        for name in ("tensor_parallel_size", "data_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.engine == "native" and (self.tensor_parallel_size > 1 or self.data_parallel_size > 1):
+            raise ValueError(
+                f"the native engine runs on one GPU (got --tensor-parallel-size "
+                f"{self.tensor_parallel_size}, --data-parallel-size {self.data_parallel_size}): use "
+                f"--engine vllm for tensor or data parallelism, or run one native server per GPU "
+                f"(CUDA_VISIBLE_DEVICES=N) behind a load balancer (docs/serving.md, 'More than one GPU')")
 
     @property
     def lora_modules(self) -> dict[str, str]:

@@ -44,7 +44,11 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed."),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Padding-free packing."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile decoder layers "
-                                           "(default: on CUDA only)."),
+                                           "(default: on CUDA only). The run's end says when it did not pay off."),
+    compile_cache: Optional[str] = typer.Option(
+        None, "--compile-cache", help="Folder for torch.compile's caches, kept between runs (default "
+                                      "~/.cache/qaforge/compile; 'off': torch's own /tmp default). Also "
+                                      "$QAFORGE_COMPILE_CACHE."),
     fused_loss: Optional[bool] = typer.Option(None, "--fused-loss/--no-fused-loss",
                                               help="Chunked linear+cross-entropy on labelled tokens."),
     fused_layers: Optional[bool] = typer.Option(None, "--fused-layers/--no-fused-layers",
@@ -80,6 +84,12 @@ def train(
         config = load_profile(profile, **overrides)
     except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from None
+
+    if compile_cache is not None:  # read by qaforge.train.compile_cache (TrainConfig has no field for it)
+        import os
+
+        from qaforge.train.compile_cache import ENV_VAR
+        os.environ[ENV_VAR] = compile_cache
 
     from qaforge.train.trainer import train as run_training
 

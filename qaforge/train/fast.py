@@ -130,14 +130,15 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(hidden_i @ weight.T, target_i), gradients computed chunk-wise during forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_size):
+    def forward(ctx, hidden, weight, targets, chunk_size, compiled=True):
         # Grad mode is always off inside Function.forward: ask ctx which inputs need gradients.
         need_grad_h, need_grad_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc_dtype = torch.promote_types(hidden.dtype, torch.float32)  # fp32 for bf16/fp32, fp64 stays
         total = torch.zeros((), dtype=acc_dtype, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_grad_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_grad_w else None
-        fused_chunk = _compiled_ce_chunk() if hidden.is_cuda and need_grad_h and not need_grad_w else None
+        fused_chunk = (_compiled_ce_chunk() if compiled and hidden.is_cuda and need_grad_h and not need_grad_w
+                       else None)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start:start + chunk_size]
             t = targets[start:start + chunk_size]
@@ -166,7 +167,7 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         dh = grad_h * grad_output.to(grad_h.dtype) if grad_h is not None else None
         dw = (grad_w * grad_output).to(ctx.weight_dtype) if grad_w is not None else None
-        return dh, dw, None, None
+        return dh, dw, None, None, None
 
 
 def ce_chunk_with_grad(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
@@ -195,19 +196,21 @@ def _compiled_ce_chunk():
 
 
 def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 chunk_size: int = 4096) -> torch.Tensor:
-    """Sum of token cross-entropies of `hidden @ weight.T` against `targets` (all must be valid ids)."""
+                                 chunk_size: int = 4096, compiled: bool = True) -> torch.Tensor:
+    """Sum of token cross-entropies of `hidden @ weight.T` against `targets` (all must be valid ids).
+
+    `compiled=False` keeps each chunk eager on CUDA too: a run without torch.compile compiles nothing."""
     if hidden.ndim != 2 or targets.ndim != 1 or hidden.shape[0] != targets.shape[0]:
         raise ValueError(f"expected hidden [N, H] and targets [N], got {tuple(hidden.shape)} and "
                          f"{tuple(targets.shape)}")
     if hidden.shape[0] == 0:
         return hidden.sum() * 0.0  # keeps the graph connected when a micro-batch has no labels
-    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size)
+    return _ChunkedLinearCrossEntropy.apply(hidden, weight, targets, chunk_size, compiled)
 
 
 def fused_causal_lm_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor,
                          num_items_in_batch=None, chunk_size: int = 4096,
-                         label_positions: torch.Tensor | None = None) -> torch.Tensor:
+                         label_positions: torch.Tensor | None = None, compiled: bool = True) -> torch.Tensor:
     """transformers' ForCausalLMLoss semantics (shift by one, ignore -100, mean or sum/num_items).
 
     `label_positions` (flat indices t whose next-token label labels[t + 1] is not -100, made on the
@@ -221,7 +224,7 @@ def fused_causal_lm_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tens
     else:
         keep = (shift_labels != IGNORE_INDEX).nonzero().squeeze(1)
     loss_sum = chunked_linear_cross_entropy(flat_hidden.index_select(0, keep), lm_head_weight,
-                                            shift_labels.index_select(0, keep), chunk_size)
+                                            shift_labels.index_select(0, keep), chunk_size, compiled)
     if num_items_in_batch is None:
         return loss_sum / max(int(keep.numel()), 1)
     if isinstance(num_items_in_batch, torch.Tensor):
@@ -229,7 +232,7 @@ def fused_causal_lm_loss(hidden_states: torch.Tensor, lm_head_weight: torch.Tens
     return loss_sum / num_items_in_batch
 
 
-def install_fused_loss(causal_lm: torch.nn.Module, chunk_size: int = 4096) -> None:
+def install_fused_loss(causal_lm: torch.nn.Module, chunk_size: int = 4096, compile: bool = True) -> None:
     """Replace this model instance's forward: with labels, compute the fused loss and return no logits.
 
     Patched on the instance (not the class) so PEFT and DDP wrappers still call through it, and
@@ -252,7 +255,7 @@ def install_fused_loss(causal_lm: torch.nn.Module, chunk_size: int = 4096) -> No
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask,
                              position_ids=position_ids, use_cache=False, **kwargs)
         loss = fused_causal_lm_loss(outputs.last_hidden_state, self.get_output_embeddings().weight,
-                                    labels, num_items_in_batch, chunk_size, label_positions)
+                                    labels, num_items_in_batch, chunk_size, label_positions, compile)
         return CausalLMOutputWithPast(loss=loss, logits=None)
 
     causal_lm.forward = types.MethodType(forward, causal_lm)

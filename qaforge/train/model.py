@@ -8,6 +8,7 @@ The pieces themselves live in `fast.py` (varlen attention, fused loss, per-layer
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from qaforge.modeling import model_family
-from qaforge.train import fast
+from qaforge.train import compile_cache, fast
 from qaforge.train.dist import world_size
 from qaforge.train.fused_layer import install_fused_layers, uninstall_fused_layers
 from qaforge.train.profiles import TrainConfig
@@ -26,6 +27,7 @@ log = logging.getLogger("qaforge.train")
 # Break-even of CUDA graphs: their one-off cost (extra compilation + one recording per padded row length)
 # divided by what they save per forward+backward. The measurements: docs/benchmarks.md, "Training defaults".
 CUDA_GRAPHS_MIN_STEPS = 1000
+DDP_CUDA_GRAPHS_ENV = "QAFORGE_DDP_CUDA_GRAPHS"  # "1": CUDA graphs under DDP too (for the 2-GPU measurement only)
 
 
 def use_cuda_graphs(config: TrainConfig, device: str, use_compile: bool, forward_passes: int | None) -> bool:
@@ -37,9 +39,11 @@ def use_cuda_graphs(config: TrainConfig, device: str, use_compile: bool, forward
         wanted = forward_passes is not None and forward_passes >= CUDA_GRAPHS_MIN_STEPS
         log.info("cuda_graphs auto: %s (%s forward passes planned, threshold %d)", wanted, forward_passes,
                  CUDA_GRAPHS_MIN_STEPS)
-    if wanted and world_size() > 1:
-        # not yet measured with DDP's gradient hooks on several GPUs: the fused layers still run
-        log.warning("cuda_graphs is off under DDP (world size %d): untested there", world_size())
+    if wanted and world_size() > 1 and os.environ.get(DDP_CUDA_GRAPHS_ENV) != "1":
+        # the graphs' pooled outputs are overwritten at the next replay while DDP's all-reduce reads gradients
+        # on its own stream: unsafe until measured on 2 GPUs (docs/scaling.md); the fused layers still run
+        log.warning("cuda_graphs is off under DDP (world size %d): docs/scaling.md says why; %s=1 forces it "
+                    "for the measurement", world_size(), DDP_CUDA_GRAPHS_ENV)
         return False
     return bool(wanted)
 
@@ -67,20 +71,50 @@ def build_model(config: TrainConfig, model_path: Path, device: str, dtype: torch
     # bf16 compute under autocast.
     peft_model = get_peft_model(model, lora)
     causal_lm = peft_model.get_base_model()
-    if config.fused_loss:
-        fast.install_fused_loss(causal_lm, config.loss_chunk_size)
     on_cuda = device.startswith("cuda")
     use_compile = bool(config.compile if config.compile is not None else on_cuda) and for_training
+    cuda_graphs = use_cuda_graphs(config, device, use_compile, forward_passes)
+    cache = setup_compile_cache(config, causal_lm.config, dtype, cuda_graphs) if use_compile else None
+    if config.fused_loss:
+        fast.install_fused_loss(causal_lm, config.loss_chunk_size, compile=use_compile)
     fused_layers = 0
     if config.fused_layers and attention == "varlen":
-        cuda_graphs = use_cuda_graphs(config, device, use_compile, forward_passes)
         fused_layers = install_fused_layers(causal_lm, compile=use_compile, cuda_graphs=cuda_graphs,
                                             pad_to_multiple_of=config.pad_to_multiple_of if cuda_graphs else None)
     if use_compile and not fused_layers:
         fast.compile_decoder_layers(causal_lm)
+    layers = len(causal_lm.model.layers)
     return peft_model, {"attn_implementation": attn_impl, "compile": use_compile, "fused_layers": fused_layers,
+                        "layers": layers, "fallback": fallback_reason(config, attention, fused_layers, layers,
+                                                                      use_compile),
                         "cuda_graphs": bool(getattr(causal_lm, "_qaforge_cuda_graphs", False)),
-                        "fused_loss": config.fused_loss, "dtype": str(dtype).replace("torch.", "")}
+                        "fused_loss": config.fused_loss, "dtype": str(dtype).replace("torch.", ""),
+                        "compile_cache": cache.to_dict() if cache else None, "_compile_cache": cache}
+
+
+def setup_compile_cache(config: TrainConfig, hf_config: Any, dtype: torch.dtype,
+                        cuda_graphs: bool) -> compile_cache.CompileCache:
+    """The run's stable compile-cache folder (qaforge.train.compile_cache), active before the first compile."""
+    key = compile_cache.cache_key(hf_config, {
+        "dtype": str(dtype), "lora_r": config.lora_r, "targets": sorted(config.target_modules),
+        "cuda_graphs": cuda_graphs, "pad": config.pad_to_multiple_of if cuda_graphs else None,
+        "fused_layers": config.fused_layers, "loss_chunk": config.loss_chunk_size})
+    cache = compile_cache.peek(compile_cache.resolve(getattr(config, "compile_cache", None), key))
+    return compile_cache.activate(cache)
+
+
+def fallback_reason(config: TrainConfig, attention: str, fused_layers: int, layers: int,
+                    use_compile: bool) -> str | None:
+    """Why this run does not get the fused fast path on every layer (None when it does)."""
+    if not config.fused_layers:
+        return None  # asked for by the user: not a fallback
+    if attention != "varlen":
+        return f"attention={attention!r}: the fused layers need packed rows with varlen attention"
+    if fused_layers < layers:
+        how = "compiled" if use_compile else "eager"
+        return (f"only {fused_layers} of {layers} decoder layers run the fused function; the others run HF's own "
+                f"layer forward ({how}), measured slower")
+    return None
 
 
 def save_merged(peft_model: PeftModel, tokenizer: Any, model_path: Path, out_dir: Path) -> Path:

@@ -16,6 +16,7 @@ from rich.table import Table
 from qaforge.train.dist import world_size
 from qaforge.train.loop import Fit, StepPlan
 from qaforge.train.profiles import TrainConfig
+from qaforge.train.speed import time_split, verdict
 
 log = logging.getLogger("qaforge.train")
 CONTAMINATION_WARNING = (
@@ -105,6 +106,7 @@ def build_results(config: TrainConfig, fitted: Fit, plan: StepPlan, *, data_stat
                   out_dir: Path, merged_dir: Path | None, loss_png: Path | None, started: float) -> dict[str, Any]:
     """The content of eval_results.json."""
     state = fitted.trainer.state
+    split = time_split(fitted.timing, fitted.train_runtime_s, bool(fast_info.get("compile")))
     eval_history = [h for h in state.log_history if "eval_loss" in h]
     return {
         "contaminated": config.train_on_exam,
@@ -125,6 +127,7 @@ def build_results(config: TrainConfig, fitted: Fit, plan: StepPlan, *, data_stat
         "fast_path": fast_info,
         "tokens_per_second": fitted.tokens_seen / max(fitted.train_runtime_s, 1e-9),
         "timing": fitted.timing,
+        "speed": {"time_split": split, **verdict(split, fast_info)},
         "peak_memory": fitted.peak_memory,
         "wall_time_s": round(time.time() - started, 2),
         "device": device,
@@ -156,6 +159,7 @@ def print_summary(results: dict[str, Any]) -> None:
             ("ROUGE-L", results["rouge"].get("rouge_l", results["rouge"].get("status"))),
             ("tokens/s (train)", f"{results['tokens_per_second']:,.0f}"),
             ("wall time", f"{results['wall_time_s']:.1f} s"),
+            ("time split", _split_text(results.get("speed", {}).get("time_split") or {})),
             ("peak memory", ", ".join(f"{k}={v}" for k, v in results["peak_memory"].items())),
             ("contaminated", results["contaminated"]),
             ("output", results["output_dir"])]
@@ -164,7 +168,18 @@ def print_summary(results: dict[str, Any]) -> None:
     table.add_column("value")
     for key, value in rows:
         table.add_row(key, str(value), style="bold red" if key == "contaminated" and value else None)
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    console.print(table)
+    for notice in results.get("speed", {}).get("notices", []):
+        console.print(f"[bold yellow]NOTE:[/] {notice}")
+        log.warning(notice)
+
+
+def _split_text(split: dict[str, Any]) -> str:
+    if not split:
+        return "-"
+    return (f"compile {split['compile_s']:.1f} s, steady {split['steady_s']:.1f} s ({split['steps']} steps, median "
+            f"{split['median_step_ms']} ms), eval+save {split['eval_and_save_s']:.1f} s")
 
 
 def versions() -> dict[str, str]:

@@ -33,6 +33,7 @@ from transformers import AutoTokenizer, TrainerCallback, set_seed
 from qaforge.modeling import pick_device, pick_dtype, resolve_model_path, torch_dtype
 from qaforge.dataset import read_records
 from qaforge.train.data import ChatEncoder, split_validation
+from qaforge.train import compile_cache
 from qaforge.train.dist import world_size
 from qaforge.train.loop import fit, plan_steps
 from qaforge.train.model import build_model, save_merged
@@ -120,6 +121,7 @@ def main(run: Run, resume: bool | str | None = None,
     plan = plan_steps(config, len(run.train_samples))
     peft_model, fast_info = build_model(config, run.model_path, run.device, run.dtype,
                                         forward_passes=plan.forward_passes)
+    cache = fast_info.pop("_compile_cache", None)
     params = (sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
               sum(p.numel() for p in peft_model.parameters()))
     fitted = fit(config, peft_model, run.tokenizer, run.train_samples, run.eval_samples, out_dir=out_dir,
@@ -127,6 +129,7 @@ def main(run: Run, resume: bool | str | None = None,
                  callbacks=callbacks)
     if not fitted.trainer.is_world_process_zero():
         return {}
+    compile_cache.finish(cache, fitted.timing)  # the next run of this model compiles from the cache
     fitted.trainer.save_model(str(out_dir))  # adapter_config.json + adapter_model.safetensors
     run.tokenizer.save_pretrained(out_dir)
     merged_dir = save_merged(peft_model, run.tokenizer, run.model_path, out_dir) if config.merge else None

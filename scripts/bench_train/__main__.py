@@ -1,0 +1,3 @@
+from scripts.bench_train.runner import main
+
+main()

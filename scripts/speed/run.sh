@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Issue 13's speed figures on one GPU machine, stage by stage (docs/benchmarks.md reports what they measured).
+# Usage, from the repository root:  bash scripts/speed/run.sh STAGE [STAGE ...]
+# Environment: W (work folder, default /tmp/sp), OUT (result archives, default $W/out), TOK (a folder with a
+# real Qwen tokenizer: tokenizer.json, tokenizer_config.json, chat_template.jinja), EXAM (real exam questions,
+# alpaca jsonl), WHEELS (wheels the GPU image lacks). The model is Qwen3-0.6B with random bf16 weights (speed
+# does not depend on the weights' values), given the real tokenizer so that HTTP figures count real tokens.
+set -uo pipefail
+W=${W:-/tmp/sp}; OUT=${OUT:-$W/out}; TOK=${TOK:-$PWD/.tok}; EXAM=${EXAM:-/tmp/rwdata/exam.jsonl}
+mkdir -p "$W"/{log,res} "$OUT"
+export PYTHONPATH="$W/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1
+MODEL=/tmp/qwen3rand; MODEL2=/tmp/qwen2rand
+PY=python3
+
+stage_wheels() {
+  local whl=(${WHEELS:-/tmp/wh}/*.whl)
+  [ -f /tmp/vllm-0.24.0-cp38-abi3-manylinux_2_28_x86_64.whl ] && whl+=(/tmp/vllm-0.24.0-cp38-abi3-manylinux_2_28_x86_64.whl)
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$W/site" "${whl[@]}" 2>&1 | tail -3
+  $PY -c "import fastapi, jieba, openai, llguidance; print('deps ok')"
+}
+stage_model() {  # the random-weight Qwen3-0.6B, with the real tokenizer beside it
+  $PY -c "from qaforge.bench.engine import make_random_qwen3_06b as m; m('$MODEL')"
+  cp "$TOK"/tokenizer.json "$TOK"/tokenizer_config.json "$TOK"/chat_template.jinja "$MODEL"/ && ls "$MODEL"
+}
+stage_model2() {  # Qwen2.5-0.5B's architecture (the real proxy's config.json in $TOK), random bf16 weights
+  $PY -c "
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+cfg = AutoConfig.from_pretrained('$TOK'); torch.manual_seed(0)
+with torch.device('cuda'):
+    m = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+m.save_pretrained('$MODEL2')"
+  cp "$TOK"/tokenizer.json "$TOK"/tokenizer_config.json "$TOK"/chat_template.jinja "$TOK"/generation_config.json "$MODEL2"/
+  ls "$MODEL2"
+}
+stage_gputests() {  # the CUDA tests of the new engine paths (fp8, LoRA, chunked prefill)
+  $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/test_engine_fp8.py tests/test_engine_lora.py \
+    tests/test_engine_core.py 2>&1 | grep -vE "^\s*$|Warning|warn" | tail -30
+}
+stage_engines() {  # CONFIGS: extra --config args; the defaults compare the native switches with vLLM bf16
+  local cfg=(${CONFIGS:-})
+  [ ${#cfg[@]} -eq 0 ] && cfg=(--config 'native:{}' --config 'native_nochunk:{"enable_chunked_prefill": false}'
+    --config 'native_kv8:{"kv_cache_dtype": "fp8"}' --config 'native_fp8:{"kv_cache_dtype": "fp8", "quantization": "fp8"}'
+    --config 'native_512:{"max_num_seqs": 512}' --config 'vllm_bf16:{"max_num_seqs": 512}')
+  $PY -m scripts.engines_same_run --model "$MODEL" "${cfg[@]}" --timeout 240 --out "$W/res/engines.json" 2>&1 \
+    | grep -vE "INFO|WARNING|it/s\]" | tail -40
+}
+stage_train() {  # fast_v7 end to end on TRAIN_MODEL (default: the Qwen2.5 shape), seed lengths: plain HF + PEFT, qaforge
+  $PY -m scripts.bench_train --model "${TRAIN_MODEL:-$MODEL2}" --data "${TRAIN_DATA:-/tmp/rwdata/train.jsonl}" --exam "$EXAM" \
+    --out "$W/res/bench_train" ${BENCH_ARGS:---budget-s 420 --timeout-s 200} \
+    2>&1 | grep -vE "it/s\]|Warning" | tail -30
+}
+wait_ready() {  # url: seconds until GET / answers 200 (the grader's "ready")
+  $PY -c "import sys,time,httpx
+t=time.time()
+while True:
+    try:
+        if httpx.get(sys.argv[1], timeout=2).status_code == 200: break
+    except httpx.HTTPError: pass
+    if time.time() - t > 300: sys.exit('not ready after 300 s')
+    time.sleep(0.2)
+print(f'ready after {time.time() - t:.1f} s (HTTP GET / = 200)')" "$1"
+}
+stage_serve() {  # the grader over HTTP (192 questions, x3) and the same prompts through the engine alone
+  head -192 "$EXAM" > "$W/exam192.jsonl"
+  setsid $PY -m qaforge serve --model "$MODEL" --engine native --port 8000 --max-model-len 1024 --max-num-seqs 512 \
+    ${SERVE_ARGS:-} > "$W/log/serve.log" 2>&1 & echo $! > "$W/serve.pid"
+  wait_ready http://127.0.0.1:8000/
+  grep -iE "ready|startup|load|graph|warm" "$W/log/serve.log" | tail -8
+  $PY -m qaforge eval --grader http://127.0.0.1:8000 --data "$W/exam192.jsonl" --tokenizer "$MODEL" --repeat 3 \
+    --out "$W/res/grader_native" 2>&1 | tail -12
+  $PY -m scripts.soak run --url http://127.0.0.1:8000 --exam "$EXAM" --minutes ${SOAK_MIN:-2} --clients 8 --batch 64 \
+    --server-pid "$(cat $W/serve.pid)" --out "$W/res/soak.json" 2>&1 | tail -12
+  kill -TERM -- -"$(cat $W/serve.pid)"; sleep 3
+  $PY -m scripts.soak restart --exam "$EXAM" --batch 192 --kill-after 1.5 --out "$W/res/restart.json" -- \
+    --model "$MODEL" --engine native --max-model-len 1024 --max-num-seqs 512 2>&1 | tail -3
+  $PY -m scripts.grader_engine_alone --model "$MODEL" --data "$W/exam192.jsonl" --out "$W/res/grader_engine.json" \
+    --max-num-seqs 512 2>&1 | tail -5
+}
+stage_pack() { tar czf "$OUT/speed_$(date +%H%M%S).tgz" -C "$W" res log 2>/dev/null; ls -la "$OUT"; }
+
+for stage in "$@"; do
+  echo "=== $stage $(date +%T)"; start=$(date +%s)
+  "stage_$stage" 2>&1 | tee -a "$W/log/$stage.log"
+  echo "=== $stage done in $(( $(date +%s) - start )) s"
+done
