@@ -34,6 +34,11 @@ def graph_sizes(max_bs: int) -> list[int]:
     return sorted({s for s in sizes if s <= max_bs} | {max_bs})
 
 
+def _plain_greedy(p) -> bool:
+    """The sampler would take a plain argmax of this row: greedy, no repetition penalty, no grammar."""
+    return p.greedy and p.repetition_penalty == 1.0 and getattr(p, "grammar", None) is None
+
+
 def load_weights(path: str, hf_config: dict, device: torch.device, dtype: torch.dtype,
                  max_positions: int) -> QwenForCausalLM:
     """The engine's one weight loader: safetensors read straight onto `device` (no HF model object)."""
@@ -249,7 +254,7 @@ class ModelRunner:
             with_lora = self.lora is not None and any(s.lora_id for s in seqs)
             if self.graph_sizes and n <= self.graph_sizes[-1] and not with_lora:
                 logits, argmax = self._replay(ids, pos, slots, lens, bt)
-                if all(s.params.greedy and s.params.repetition_penalty == 1.0 for s in seqs):
+                if all(_plain_greedy(s.params) for s in seqs):
                     return argmax[:n].tolist()  # the graph's own argmax: the sampler's greedy fast path
                 return self.sampler(logits[:n], seqs).tolist()
             cu = np.arange(n + 1, dtype=np.int64)
