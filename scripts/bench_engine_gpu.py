@@ -1,9 +1,11 @@
-"""One device call: check the Triton kernels against the torch reference, check the engine against HF,
-then run the engine benchmark's workloads (qaforge.bench.engine, with HF generate on W2 in the same run).
-Writes JSON under $OUT. From the repository root:
+"""One device call: check the Triton kernels against the torch reference (the mixed-step split included),
+check the engine against HF (chunked and not), time startup cold and warm in fresh processes, then run the
+workloads (qaforge.bench.engine's W1, W1f, W2, W3, W4 and G193: 193 questions behind an 80-token shared
+prefix) once per engine configuration (chunked prefill on / off by default) and print one table.
+Writes $OUT/engine_gpu.json. From the repository root:
 
-    PYTHONUNBUFFERED=1 python -m scripts.bench_engine_gpu [--skip-checks] [--workloads W2,W3,W1,W1f,W4]
-        [--kv-cache-dtype fp8] [--quantization fp8]
+    PYTHONUNBUFFERED=1 python -m scripts.bench_engine_gpu [--skip-checks] [--configs chunked,whole]
+        [--kv-cache-dtype fp8] [--quantization fp8]      (applied to every configuration)
 """
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import gc
 import json
 import os
 import random
+import subprocess
+import sys
+import tempfile
 import time
 import traceback
 
@@ -109,6 +114,18 @@ def kernel_checks():
             mb = AttnMeta(False, None, ctx_t[4:5], bt[4:5], torch.arange(2, device=dev), 1, ctx[4])
         out[f"decode_attention_B{B}"] = rel(T.paged_attention(qb, kc, vc, mb, D ** -0.5),
                                             torch_ops.paged_attention(qb, kc, vc, mb, D ** -0.5))
+    # a mixed step: decode rows first (decode kernel), then prompt chunks (varlen kernel), one call
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from test_engine_chunked import _mixed_meta
+    for name, (cx, qx) in {"mixed_small": ([300, 1, 129, 77, 1024], [1, 1, 1, 64, 200]),
+                           "mixed_40_decodes": ([2000] * 40 + [700], [1] * 40 + [300])}.items():
+        nbm = sum(-(-c // BS) for c in cx) + 10
+        kcm = torch.randn(nbm + 1, BS, KVH, D, device=dev, dtype=dt, generator=g)
+        vcm = torch.randn_like(kcm)
+        full, mixed = _mixed_meta(cx, qx, BS, nbm, dev, g)
+        qm = torch.randn(sum(qx), H, D, device=dev, dtype=dt, generator=g)
+        out[f"attention_{name}"] = rel(T.paged_attention(qm, kcm, vcm, mixed, D ** -0.5),
+                                       torch_ops.paged_attention(qm, kcm, vcm, full, D ** -0.5))
     ok = all(v < 2e-2 for v in out.values())
     out["ok"] = ok
     return out
@@ -121,8 +138,10 @@ def engine_vs_hf():
     r = random.Random(3)
     prompts = [[r.randint(1000, 150000) for _ in range(n)] for n in (7, 60, 130, 250)]
     n_new = 48
-    out = {}
-    for dtype, kw in (("float32", {}), ("bfloat16", {})):
+    out, toks = {}, {}
+    for dtype, kw in (("float32", {}), ("bfloat16", {}), ("bfloat16_chunk64", {"max_num_batched_tokens": 64}),
+                      ("bfloat16_whole", {"enable_chunked_prefill": False})):
+        dtype, label = dtype.split("_")[0], dtype
         llm = LLM(MODEL, device="cuda", dtype=dtype, max_model_len=512, max_num_seqs=16, num_kvcache_blocks=512,
                   cuda_graph_max_bs=8, **kw)
         # run twice: the second run hits the prefix cache
@@ -133,6 +152,7 @@ def engine_vs_hf():
         del llm
         gc.collect(); torch.cuda.empty_cache()
         hf = AutoModelForCausalLM.from_pretrained(MODEL, dtype=getattr(torch, dtype)).cuda().eval()
+        toks[label] = [o.token_ids for o in o1]
         agree = total = same_runs = 0
         exact = 0
         for p, a, b in zip(prompts, o1, o2):
@@ -148,9 +168,11 @@ def engine_vs_hf():
             exact += next((i for i, (x, y) in enumerate(zip(g, a.token_ids)) if x != y), len(g))
         del hf
         gc.collect(); torch.cuda.empty_cache()
-        out[dtype] = {"backend": backend, "teacher_forced_agreement": round(agree / total, 4),
+        out[label] = {"backend": backend, "teacher_forced_agreement": round(agree / total, 4),
                       "mean_equal_prefix_vs_hf_generate": exact / len(prompts), "of": n_new,
                       "rerun_identical": f"{same_runs}/{len(prompts)}", "prefix_hit_tokens": hits}
+    for label in ("bfloat16_chunk64", "bfloat16_whole"):  # greedy tokens equal to the default's, per prompt
+        out[f"{label}_same_tokens_as_default"] = f"{sum(a == b for a, b in zip(toks[label], toks['bfloat16']))}/4"
     return out
 
 
@@ -204,21 +226,126 @@ def bench_sp(n):
     return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
 
 
+STARTUP = """
+import json, os, sys, time
+t0 = time.perf_counter()
+import torch
+from qaforge.engine import LLM, SamplingParams
+t1 = time.perf_counter()
+llm = LLM(sys.argv[1], device="cuda", **json.loads(sys.argv[2]))
+t2 = time.perf_counter()
+llm.generate([[1000 + i for i in range(100)]] * 4, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+torch.cuda.synchronize()
+t3 = time.perf_counter()
+print("STARTUP " + json.dumps({"import_s": round(t1 - t0, 2), "engine_s": round(t2 - t1, 2),
+      "first_generate_s": round(t3 - t2, 2), "ready_s": round(t3 - t0, 2), **{"engine": llm.startup}}))
+"""
+
+
+def startup_cold_warm(engine_kw: dict) -> dict:
+    """Process start to a served request, in a fresh process: with an empty Triton cache (cold: what a
+    fresh grading machine pays) and again with the cache it left (warm)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TRITON_CACHE_DIR=cache)
+        for name in ("cold", "warm"):
+            p = subprocess.run([sys.executable, "-c", STARTUP, MODEL, json.dumps(engine_kw)], env=env,
+                               capture_output=True, text=True, timeout=300)
+            line = next((x for x in p.stdout.splitlines() if x.startswith("STARTUP ")), None)
+            out[name] = json.loads(line[8:]) if line else f"FAILED rc={p.returncode}: {p.stderr[-400:]}"
+    return out
+
+
+def g193(vocab: int):
+    """193 grader questions behind one 80-token system prompt, 15-60 tokens each, 384 tokens out."""
+    r = random.Random(193)
+    prefix = [r.randint(1000, 150000) % vocab for _ in range(80)]
+    return [prefix + [r.randint(1000, 150000) % vocab for _ in range(r.randint(15, 60))] for _ in range(193)]
+
+
+def run_config(name: str, names: list[str], engine_kw: dict) -> dict:
+    from qaforge.engine import LLM
+    t0 = time.perf_counter()
+    llm = LLM(MODEL, **engine_kw)
+    res = {"startup_s": round(time.perf_counter() - t0, 2), "startup": llm.startup,
+           "kv_blocks": llm.runner.num_blocks, "backend": llm.runner.backend}
+    res["graphs_rest_s"] = round(llm.runner.capture_remaining(), 2)  # steady state from the first step
+    wl = bench.workloads(llm.vocab_size, 1.0)
+    wl["G193"] = (g193(llm.vocab_size), [384] * 193)
+    llm.generate(wl["W3"][0][:8], bench_sp(16))  # warm-up
+    for w in names:
+        prompts, outs = wl[w]
+        if w in ("W2", "G193"):  # G193: the second pass is timed (its prefix is cached), as the anchors do
+            llm.generate(prompts, [bench_sp(o) for o in outs])
+        torch.cuda.synchronize()
+        steps0 = llm.num_steps
+        t = time.perf_counter()
+        o = llm.generate(prompts, [bench_sp(n) for n in outs])
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t
+        ntok = sum(len(x.token_ids) for x in o)
+        assert ntok == sum(outs), (ntok, sum(outs))
+        r = {"s": round(dt, 3), "out_tok_s": round(ntok / dt), "gen_tokens": ntok, "steps": llm.num_steps - steps0}
+        if w == "W2":
+            r["ms_per_tok"] = round(dt / ntok * 1000, 3)
+        res[w] = r
+        print(f"[{name}] {w}: {r}", flush=True)
+    res["stats"] = llm.stats()
+    del llm
+    gc.collect(); torch.cuda.empty_cache()
+    return res
+
+
+CONFIGS = {"chunked": {"enable_chunked_prefill": True}, "whole": {"enable_chunked_prefill": False},
+           "chunked8k": {"enable_chunked_prefill": True, "max_num_batched_tokens": 8192},
+           "seqs512": {"enable_chunked_prefill": True, "max_num_seqs": 512}}
+
+
+def compare_table(runs: dict) -> str:
+    names = list(runs)
+    rows = [["workload"] + names + ([f"{names[0]} / {names[1]}"] if len(names) > 1 else [])]
+    for w, key, unit, higher in (("W1", "out_tok_s", "tok/s", True), ("W1f", "out_tok_s", "tok/s", True),
+                                 ("W2", "ms_per_tok", "ms/tok", False), ("W3", "s", "s", False),
+                                 ("W4", "out_tok_s", "tok/s", True), ("G193", "s", "s", False)):
+        vals = [runs[n].get(w, {}).get(key) if isinstance(runs[n], dict) else None for n in names]
+        if all(v is None for v in vals):
+            continue
+        row = [w] + [f"{v:,} {unit}" if v is not None else "-" for v in vals]
+        if len(names) > 1 and vals[0] and vals[1]:
+            ratio = vals[0] / vals[1] if higher else vals[1] / vals[0]
+            row.append(f"{ratio:.3f}x {'better' if ratio >= 1 else 'worse'}")
+        rows.append(row)
+    rows.append(["startup (in process)"] + [f"{runs[n].get('startup_s', '-')} s" if isinstance(runs[n], dict)
+                                            else "-" for n in names])
+    w = [max(len(r[i]) if i < len(r) else 0 for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-checks", action="store_true")
-    ap.add_argument("--workloads", default="W2,W3,W1,W1f,W4")
+    ap.add_argument("--workloads", default="W2,W3,W1,W1f,W4,G193")
+    ap.add_argument("--configs", default="chunked,whole", help=f"from {','.join(CONFIGS)}; the first two are compared")
     ap.add_argument("--max-num-seqs", type=int, default=1024)
     ap.add_argument("--cuda-graph-max-bs", type=int, default=512)
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--no-startup", action="store_true")
     ap.add_argument("--kv-cache-dtype", default="auto", help="auto | fp8 (the native engine's KV cache)")
     ap.add_argument("--quantization", default=None, help="fp8: fp8 weights in the native engine")
     a = ap.parse_args()
     res["engine_options"] = {"kv_cache_dtype": a.kv_cache_dtype, "quantization": a.quantization}
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
+    res["card"] = torch.cuda.get_device_name(0)
     t = time.time()
     bench.make_random_qwen3_06b(MODEL)
     res["make_model_s"] = round(time.time() - t, 1)
+    base = dict(device="cuda", dtype="bfloat16", max_model_len=4096, max_num_seqs=a.max_num_seqs,
+                max_num_batched_tokens=16384, gpu_memory_utilization=0.85, cuda_graph_max_bs=a.cuda_graph_max_bs,
+                kv_cache_dtype=a.kv_cache_dtype, quantization=a.quantization)
+    gc.collect(); torch.cuda.empty_cache()  # the fresh processes below get the card to themselves
+    if not a.no_startup:
+        kw = {k: v for k, v in base.items() if k != "device"}
+        section("startup_fresh_process")(lambda: startup_cold_warm(kw))
     if not a.skip_checks:
         section("kernels")(kernel_checks)
         section("engine_vs_hf")(engine_vs_hf)
@@ -226,18 +353,14 @@ def main():
     if not a.no_hf:
         section("hf_W2")(lambda: bench.hf_w2(MODEL))
     gc.collect(); torch.cuda.empty_cache()
-
-    @section("native")
-    def _():
-        return bench.run_native(MODEL, a.workloads.split(","), 1.0, device="cuda", dtype="bfloat16",
-                                max_model_len=4096, max_num_seqs=a.max_num_seqs, max_num_batched_tokens=16384,
-                                gpu_memory_utilization=0.85, cuda_graph_max_bs=a.cuda_graph_max_bs,
-                                kv_cache_dtype=a.kv_cache_dtype, quantization=a.quantization)
-    if isinstance(res.get("native"), dict):
-        flat = dict(res["native"])
-        if isinstance(res.get("hf_W2"), dict):
-            flat["hf_W2"] = res["hf_W2"]
-        print(bench.table(flat))
+    runs = {}
+    for name in a.configs.split(","):
+        kw = dict(base, **CONFIGS[name])
+        section(f"native_{name}")(lambda: run_config(name, a.workloads.split(","), kw))
+        runs[name] = res[f"native_{name}"]
+    table = compare_table(runs)
+    print(table)
+    res["table"] = table
     with open(os.path.join(OUT, "engine_gpu.json"), "w") as f:
         json.dump(res, f, indent=1)
     print("RESULT " + json.dumps(res), flush=True)

@@ -64,7 +64,7 @@ def step_breakdown(llm):
     out = {}
     for B, plen in ((1, 128), (16, 1000), (256, 800)):
         prompts = [[r.randint(1000, 150000) for _ in range(plen)] for _ in range(B)]
-        seqs = [llm.add_request(p, SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)) for p in prompts]
+        seqs = [llm.add_request(p, SamplingParams(max_tokens=100, temperature=0.0, ignore_eos=True)) for p in prompts]
         while llm.scheduler.waiting:
             llm.step()  # prefill
         for _ in range(5):
@@ -77,7 +77,9 @@ def step_breakdown(llm):
         step_ms = (time.perf_counter() - t) / n * 1000
         runner = llm.runner
         bs = next(s for s in runner.graph_sizes if s >= B)
-        g, _ = runner.graphs[bs]
+        if bs not in runner.graphs:
+            runner._capture(bs)  # sizes above the startup ones are captured on first use
+        g = runner.graphs[bs]
         torch.cuda.synchronize()
         e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         e0.record()
@@ -93,6 +95,14 @@ def step_breakdown(llm):
         prep_ms = (time.perf_counter() - t) / n * 1000
         out[f"B{B}_ctx{plen}"] = {"step_ms": round(step_ms, 3), "graph_replay_ms": round(replay_ms, 3),
                                   "prepare_decode_ms": round(prep_ms, 3)}
+        if B == 1:  # the host side of a one-stream step, function by function
+            import cProfile, pstats
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(n):
+                llm.step()
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(15)
         print(f"[step B{B}] {out[f'B{B}_ctx{plen}']}", flush=True)
         for s in seqs:
             llm.abort(s)

@@ -196,8 +196,13 @@ def test_validation(model_dir):
         EngineConfig(model=model_dir, max_model_len=256, num_kvcache_blocks=3)
     with pytest.raises(ValueError):
         EngineConfig(model="/nonexistent")
+    cfg = EngineConfig(model=model_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100,
+                       enable_chunked_prefill=False)
+    assert cfg.max_num_batched_tokens == 4096 and cfg.dtype == "float32"  # whole prompts must fit one step
     cfg = EngineConfig(model=model_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100)
-    assert cfg.max_num_batched_tokens == 4096 and cfg.dtype == "float32"
+    assert cfg.max_num_batched_tokens == 100 and cfg.enable_chunked_prefill  # chunked: a budget, not a cap
+    with pytest.raises(ValueError, match="enable_chunked_prefill"):
+        EngineConfig(model=model_dir, device="cpu", enable_chunked_prefill="yes")
     assert len(llm.generate([1, 2, 3], SamplingParams(max_tokens=3))) == 1  # a single prompt
 
 

@@ -85,18 +85,23 @@ class BlockManager:
     def can_allocate(self, seq: Sequence) -> bool:
         return bool(self.free_rows) and self.num_free_blocks >= seq.num_blocks(self.block_size)
 
-    def allocate(self, seq: Sequence) -> None:
+    def allocate(self, seq: Sequence, commit: bool = True) -> None:
+        """Give seq blocks for all its tokens, reusing cached prefix blocks. With commit=False its new full
+        blocks stay unfindable until `commit` says their KV is computed (a chunked prompt): a later prompt
+        must never hit a block whose KV is not written yet."""
         assert not seq.block_table and seq.row < 0
         bs = self.block_size
         seq.row = self.free_rows.pop()
         seq.num_cached_tokens = 0
         max_hit_blocks = (len(seq) - 1) // bs  # at least the last prompt token is computed
         h = chain_start(seq)
+        hashes: list[int] = []
         cache_miss = not self.enable_prefix_caching
         for i in range(seq.num_blocks(bs)):
             tokens = seq.block(i, bs)
             full = len(tokens) == bs
             h = compute_hash(tokens, h) if (full and self.enable_prefix_caching) else -1
+            hashes.append(h)
             block_id = self.hash_to_block_id.get(h, -1) if h != -1 else -1
             if (block_id == -1 or i >= max_hit_blocks or self.blocks[block_id].hash != h
                     or self.blocks[block_id].token_ids != tokens):
@@ -110,14 +115,33 @@ class BlockManager:
                     block.ref_count += 1
                 else:
                     block = self._allocate_block(block_id)
-            if h != -1:
-                block.hash = h
+                block.hash = h  # a hit keeps its identity (allocating a free block reset it)
                 block.token_ids = tokens
-                self.hash_to_block_id[h] = block.block_id
             seq.block_table.append(block.block_id)
+        seq.block_hashes = hashes
+        seq.num_hashed_blocks = seq.num_cached_tokens // bs
+        seq.num_computed_tokens = seq.num_cached_tokens
         self.table[seq.row, : len(seq.block_table)] = seq.block_table
         self.prefix_query_tokens += len(seq)
         self.prefix_hit_tokens += seq.num_cached_tokens
+        if commit:
+            self.commit(seq, len(seq))
+
+    def commit(self, seq: Sequence, num_tokens: int) -> None:
+        """The step being scheduled computes seq's KV up to num_tokens: its full blocks below that become
+        prefix-cache hits for prompts admitted from now on (in this step too, since every layer stores the
+        whole batch's KV before any attention reads it)."""
+        bs = self.block_size
+        end = min(num_tokens // bs, len(seq.block_hashes))
+        for i in range(seq.num_hashed_blocks, end):
+            h = seq.block_hashes[i]
+            if h == -1:
+                break
+            block = self.blocks[seq.block_table[i]]
+            block.hash = h
+            block.token_ids = seq.block(i, bs)
+            self.hash_to_block_id[h] = block.block_id
+        seq.num_hashed_blocks = max(seq.num_hashed_blocks, end)
 
     def deallocate(self, seq: Sequence) -> None:
         for block_id in reversed(seq.block_table):
@@ -126,6 +150,9 @@ class BlockManager:
             if block.ref_count == 0:
                 self._free_block(block_id)
         seq.block_table = []
+        seq.block_hashes = []
+        seq.num_hashed_blocks = 0
+        seq.num_computed_tokens = 0
         if seq.row >= 0:
             self.free_rows.append(seq.row)
             seq.row = -1
@@ -136,19 +163,33 @@ class BlockManager:
 
     def may_append(self, seq: Sequence) -> None:
         """Called before a decode step that writes the KV of seq's last token."""
+        self.append_slot(seq)
+
+    def append_slot(self, seq: Sequence) -> bool:
+        """can_append + may_append in one call (the decode loop's hot path); False: no free block."""
         bs = self.block_size
         bt = seq.block_table
-        if len(bt) < seq.num_blocks(bs):
+        n = len(seq.token_ids)
+        if len(bt) * bs < n:
+            if not self.free_block_ids:
+                return False
             block = self._pop_free_block()
             bt.append(block.block_id)
             self.table[seq.row, len(bt) - 1] = block.block_id
-        if self.enable_prefix_caching and len(seq) % bs == 0:
-            prefix = self.blocks[bt[-2]].hash if len(bt) > 1 else chain_start(seq)
-            if len(bt) == 1 or prefix != -1:
-                tokens = seq.block(len(bt) - 1, bs)
-                h = compute_hash(tokens, prefix)
-                block = self.blocks[bt[-1]]
-                if block.ref_count == 1:  # never rewrite the identity of a shared block
-                    block.hash = h
-                    block.token_ids = tokens
-                    self.hash_to_block_id[h] = block.block_id
+        if self.enable_prefix_caching and n % bs == 0:
+            self._hash_last_block(seq)
+        return True
+
+    def _hash_last_block(self, seq: Sequence) -> None:
+        """seq's last block fills up in this step: make it a prefix-cache block (its chain must be hashed)."""
+        bs = self.block_size
+        bt = seq.block_table
+        prefix = self.blocks[bt[-2]].hash if len(bt) > 1 else chain_start(seq)
+        if len(bt) == 1 or prefix != -1:
+            tokens = seq.block(len(bt) - 1, bs)
+            h = compute_hash(tokens, prefix)
+            block = self.blocks[bt[-1]]
+            if block.ref_count == 1:  # never rewrite the identity of a shared block
+                block.hash = h
+                block.token_ids = tokens
+                self.hash_to_block_id[h] = block.block_id

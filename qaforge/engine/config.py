@@ -15,7 +15,8 @@ class EngineConfig:
     dtype: str = "auto"                   # auto: bfloat16 on CUDA, float32 on CPU
     max_model_len: int = 2048             # prompt + output tokens per sequence
     max_num_seqs: int = 256               # sequences in one batch (decode batch size cap)
-    max_num_batched_tokens: int = 16384   # prompt tokens in one prefill step (>= max_model_len)
+    max_num_batched_tokens: int = 16384   # tokens computed in one step (decodes + prompt chunks)
+    enable_chunked_prefill: bool = True   # split long prompts over steps, mixed with decodes
     block_size: int = 16                  # tokens per KV block (prefix-cache granularity)
     gpu_memory_utilization: float = 0.90  # share of GPU memory the engine may use in total
     num_kvcache_blocks: int | None = None  # override the KV cache size (tests force preemption with it)
@@ -40,6 +41,8 @@ class EngineConfig:
         self.family = check_architecture(self.hf_config)
         self.device = pick_device(self.device)
         self.dtype = pick_dtype(self.dtype, self.device)
+        if not isinstance(self.enable_chunked_prefill, bool):
+            raise ValueError(f"enable_chunked_prefill must be true or false, got {self.enable_chunked_prefill!r}")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError("attention_backend must be auto, torch or triton")
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size"):
@@ -50,8 +53,8 @@ class EngineConfig:
         max_pos = int(self.hf_config.get("max_position_embeddings", self.max_model_len))
         if self.max_model_len > max_pos:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings {max_pos}")
-        if self.max_num_batched_tokens < self.max_model_len:
-            # no chunked prefill: a whole prompt must fit one prefill step
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            # a whole prompt must fit one prefill step
             self.max_num_batched_tokens = self.max_model_len
         if not 0.05 <= self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in [0.05, 1]")

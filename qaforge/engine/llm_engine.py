@@ -1,6 +1,7 @@
 """The synchronous engine: `LLM(model_path, ...)`, `llm.generate(prompts, params)`, and `step()` for loops."""
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Sequence as Seq
@@ -11,6 +12,8 @@ from .model_runner import ModelRunner
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler
 from .sequence import Sequence
+
+log = logging.getLogger("qaforge.engine")
 
 
 @dataclass
@@ -44,6 +47,13 @@ class LLM:
         self.num_prefill_tokens = 0
         self.num_generated_tokens = 0
         self.startup_s = time.perf_counter() - t0
+        r = self.runner
+        # where startup went (the server logs it; the GPU benchmark prints it)
+        self.startup = {"total_s": round(self.startup_s, 3), "load_s": round(r.load_s, 3),
+                        "kv_profile_s": round(r.kv_profile_s, 3), "kv_alloc_s": round(r.kv_alloc_s, 3),
+                        "graphs_s": round(r.graph_s, 3), "graphs_captured": len(r.graphs),
+                        "graph_sizes": len(r.graph_sizes)}
+        log.info("engine startup: %s", self.startup)
 
     @classmethod
     def from_config(cls, config: EngineConfig, lora: dict | None = None) -> "LLM":
@@ -84,17 +94,19 @@ class LLM:
         return self.scheduler.abort(seq)
 
     def step(self) -> list[tuple[Sequence, int]]:
-        """Run one scheduled batch; return (sequence, new token id) for every sequence in it."""
-        seqs, is_prefill = self.scheduler.schedule()
-        if not seqs:
+        """Run one scheduled batch; return (sequence, new token id) for every sequence that got a token
+        (a prompt chunk that does not end its prompt gets none)."""
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
             return []
-        tokens = self.runner.run(seqs, is_prefill)
-        self.scheduler.postprocess(seqs, tokens)
+        tokens = self.runner.run(batch)
+        sampled = batch.sampled
+        self.scheduler.postprocess(batch, tokens)
         self.num_steps += 1
-        if is_prefill:
-            self.num_prefill_tokens += sum(len(s) - 1 - s.num_cached_tokens for s in seqs)
-        self.num_generated_tokens += len(seqs)
-        return list(zip(seqs, tokens))
+        if batch.is_prefill:
+            self.num_prefill_tokens += sum(batch.num_new[batch.num_decodes:])
+        self.num_generated_tokens += len(tokens)
+        return list(zip(sampled, tokens))
 
     def is_finished(self) -> bool:
         return self.scheduler.is_finished()

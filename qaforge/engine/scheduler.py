@@ -1,18 +1,44 @@
-"""Continuous batching: waiting and running queues, prefill-first steps, decode steps, preemption.
+"""Continuous batching: waiting and running queues, prefill and decode steps, chunked prefill, preemption.
 
-A step is either a prefill step (new sequences, whole prompts, up to max_num_batched_tokens tokens that
-are not already in the prefix cache) or a decode step (one token for every running sequence). When the
-KV cache has no block for a decoding sequence, the most recently admitted sequence is preempted: its
-blocks are freed and it goes back to the front of the waiting queue, to be recomputed (prompt + output
-so far) by a later prefill.
+Without chunked prefill a step is either a prefill step (new sequences, whole prompts, up to
+max_num_batched_tokens tokens that are not already in the prefix cache) or a decode step (one token for
+every running sequence). With chunked prefill (the default) one step holds every running decode (one token
+each) and fills the rest of the token budget with prompt chunks: the oldest partly computed prompts first,
+then new ones, a long prompt split over several steps. Only a row whose context is complete is sampled.
+
+When the KV cache has no block for a decoding sequence, the most recently admitted sequence is preempted: its
+blocks are freed and it goes back to the front of the waiting queue, to be recomputed (prompt + output so
+far) by a later prefill.
 """
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
+from functools import cached_property
 
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class Batch:
+    """One step's work. Rows are ordered decodes first (the attention kernels split the batch there)."""
+    seqs: list[Sequence]
+    num_new: list[int]          # tokens computed per row this step (1 for a decode)
+    num_decodes: int            # leading rows that continue a generation
+    sample: list[bool]          # rows whose context is complete after this step: they get a token
+
+    @property
+    def is_prefill(self) -> bool:
+        """False for a pure decode step (the CUDA-graph path)."""
+        return self.num_decodes < len(self.seqs)
+
+    @cached_property
+    def sampled(self) -> list[Sequence]:
+        if self.num_decodes == len(self.seqs):
+            return self.seqs
+        return [s for s, x in zip(self.seqs, self.sample) if x]
 
 
 class Scheduler:
@@ -20,6 +46,7 @@ class Scheduler:
         self.max_num_seqs = config.max_num_seqs
         self.max_num_batched_tokens = config.max_num_batched_tokens
         self.max_model_len = config.max_model_len
+        self.chunked = config.enable_chunked_prefill
         self.eos_token_ids = frozenset(config.eos_token_ids)
         self.block_manager = block_manager
         self.waiting: deque[Sequence] = deque()
@@ -32,9 +59,37 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
-    def schedule(self) -> tuple[list[Sequence], bool]:
+    def schedule(self) -> Batch:
+        return self._schedule_chunked() if self.chunked else self._schedule_whole()
+
+    def _admit(self, seq: Sequence, commit: bool = True) -> None:
+        self.block_manager.allocate(seq, commit=commit)
+        seq.status = SequenceStatus.RUNNING
+        self.waiting.popleft()
+        self.running.append(seq)
+
+    def _decodes(self, seqs) -> list[Sequence]:
+        """Make room for one more token of each decoding sequence, preempting the newest when blocks run out."""
         bm = self.block_manager
-        # prefill
+        scheduled: list[Sequence] = []
+        taken: set[int] = set()
+        running = SequenceStatus.RUNNING
+        append = bm.append_slot
+        for seq in seqs:
+            if seq.status is not running:  # preempted for an earlier one
+                continue
+            while not append(seq):
+                victim = next((s for s in reversed(self.running) if s is not seq and s.seq_id not in taken), seq)
+                self.preempt(victim)
+                if victim is seq:
+                    break
+            else:
+                scheduled.append(seq)
+                taken.add(seq.seq_id)
+        return scheduled
+
+    def _schedule_whole(self) -> Batch:
+        bm = self.block_manager
         scheduled: list[Sequence] = []
         num_tokens = 0
         while self.waiting and len(self.running) < self.max_num_seqs:
@@ -44,30 +99,47 @@ class Scheduler:
             # upper bound: a prefix-cache hit only lowers the count
             if scheduled and num_tokens + len(seq) > self.max_num_batched_tokens:
                 break
-            bm.allocate(seq)
+            self._admit(seq)
             num_tokens += len(seq) - seq.num_cached_tokens
-            seq.status = SequenceStatus.RUNNING
-            self.waiting.popleft()
-            self.running.append(seq)
             scheduled.append(seq)
         if scheduled:
-            return scheduled, True
-        # decode
-        while self.running and len(scheduled) < self.max_num_seqs:
-            seq = self.running.popleft()
-            while not bm.can_append(seq):
-                if self.running:
-                    self.preempt(self.running.pop())
-                else:
-                    self.preempt(seq)
-                    break
-            else:
-                bm.may_append(seq)
-                scheduled.append(seq)
-        self.running.extendleft(reversed(scheduled))
-        return scheduled, False
+            return Batch(scheduled, [len(s) - s.num_computed_tokens for s in scheduled], 0, [True] * len(scheduled))
+        scheduled = self._decodes(list(self.running)[: self.max_num_seqs])
+        return Batch(scheduled, [1] * len(scheduled), len(scheduled), [True] * len(scheduled))
+
+    def _schedule_chunked(self) -> Batch:
+        bm = self.block_manager
+        before = self.num_preemptions
+        decoding, partial = [], []
+        for s in self.running:
+            (decoding if len(s.token_ids) - s.num_computed_tokens == 1 else partial).append(s)
+        decodes = self._decodes(decoding)
+        budget = self.max_num_batched_tokens - len(decodes)  # decodes always run: no sequence starves
+        chunks: list[Sequence] = []
+        sizes: list[int] = []
+        for seq in partial:
+            left = len(seq.token_ids) - seq.num_computed_tokens
+            if seq.status is SequenceStatus.RUNNING and budget > 0:
+                n = min(left, budget)
+                bm.commit(seq, seq.num_computed_tokens + n)
+                chunks.append(seq)
+                sizes.append(n)
+                budget -= n
+        # new prompts only when nothing was preempted: a preempted sequence must not lose its place
+        while (self.num_preemptions == before and budget > 0 and self.waiting
+               and len(self.running) < self.max_num_seqs and bm.can_allocate(self.waiting[0])):
+            seq = self.waiting[0]
+            self._admit(seq, commit=False)
+            n = min(len(seq) - seq.num_computed_tokens, budget)
+            bm.commit(seq, seq.num_computed_tokens + n)
+            chunks.append(seq)
+            sizes.append(n)
+            budget -= n
+        return Batch(decodes + chunks, [1] * len(decodes) + sizes, len(decodes),
+                     [True] * len(decodes) + [s.num_computed_tokens + n == len(s) for s, n in zip(chunks, sizes)])
 
     def preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
@@ -84,17 +156,25 @@ class Scheduler:
             return "length"
         return None
 
-    def postprocess(self, seqs: list[Sequence], token_ids: list[int]) -> list[Sequence]:
+    def postprocess(self, batch: Batch, token_ids: list[int]) -> list[Sequence]:
+        """Advance each row's computed tokens; append the sampled ids (one per sampled row, in order)."""
+        for seq, n in zip(batch.seqs, batch.num_new):
+            seq.num_computed_tokens += n
         finished = []
-        for seq, tok in zip(seqs, token_ids):
-            seq.token_ids.append(tok)
-            reason = self.check_stop(seq, tok)
-            if reason is not None:
-                seq.finish_reason = reason
-                seq.status = SequenceStatus.FINISHED
-                self.block_manager.deallocate(seq)
-                self.running.remove(seq)
-                finished.append(seq)
+        eos, max_len = self.eos_token_ids, self.max_model_len
+        for seq, tok in zip(batch.sampled, token_ids):
+            ids = seq.token_ids
+            ids.append(tok)
+            p = seq.params
+            # the common case first, cheaply: no stop id, below both length limits
+            if (p.ignore_eos or tok not in eos) and tok not in p.stop_token_ids \
+                    and len(ids) - seq.num_prompt_tokens < p.max_tokens and len(ids) < max_len:
+                continue
+            seq.finish_reason = self.check_stop(seq, tok)
+            seq.status = SequenceStatus.FINISHED
+            self.block_manager.deallocate(seq)
+            self.running.remove(seq)
+            finished.append(seq)
         return finished
 
     def abort(self, seq: Sequence) -> bool:

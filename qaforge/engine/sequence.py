@@ -25,6 +25,9 @@ class Sequence:
         self.params = params
         self.status = SequenceStatus.WAITING
         self.num_cached_tokens = 0        # tokens whose KV came from the prefix cache at the last prefill
+        self.num_computed_tokens = 0      # tokens whose KV is in the cache (a chunked prompt grows it step by step)
+        self.block_hashes: list[int] = []  # chained hash of each full block at allocation (-1: not full / off)
+        self.num_hashed_blocks = 0        # leading blocks already findable in the prefix cache
         self.block_table: list[int] = []
         self.row = -1                     # row in the block manager's block-table array while it holds blocks
         self.finish_reason: str | None = None

@@ -269,32 +269,51 @@ def _prefill_kernel(Q, KC, VC, BT, CTX, CU, O, scale, stride_bt,
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttnMeta,
                     scale: float) -> torch.Tensor:
-    T, H, D = q.shape
-    page, kvh = k_cache.shape[1], k_cache.shape[2]
-    group = H // kvh
     o = torch.empty_like(q)
-    if T == 0:
+    if q.shape[0] == 0:
         return o
+    if meta.parts is not None:  # a mixed step: decode rows (the first ones) by the decode kernel, the rest varlen
+        dm, pm = meta.parts
+        nd = dm.context_lens.shape[0]
+        _decode_into(q[:nd], k_cache, v_cache, dm, scale, o[:nd])
+        _prefill_into(q, k_cache, v_cache, pm, scale, o)
+    elif meta.is_prefill:
+        _prefill_into(q, k_cache, v_cache, meta, scale, o)
+    else:
+        _decode_into(q, k_cache, v_cache, meta, scale, o)
+    return o
+
+
+def _prefill_into(q, k_cache, v_cache, meta: AttnMeta, scale: float, o: torch.Tensor) -> None:
+    """Rows of meta (cu_seqlens_q: offsets into q and o) attend over their paged context."""
+    H, D = q.shape[1], q.shape[2]
+    page, kvh = k_cache.shape[1], k_cache.shape[2]
     bt = meta.block_tables
     B = meta.context_lens.shape[0]
-    if meta.is_prefill:
-        BLOCK_M, BLOCK_N = 64, 64
-        grid = (triton.cdiv(meta.max_q_len, BLOCK_M), B, H)
-        _prefill_kernel[grid](q, k_cache, v_cache, bt, meta.context_lens, meta.cu_seqlens_q, o, scale, bt.stride(0),
-                              KVH=kvh, GROUP=group, D=D, PAGE=page, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-                              num_warps=4, num_stages=2)
+    BLOCK_M, BLOCK_N = 64, 64
+    grid = (triton.cdiv(meta.max_q_len, BLOCK_M), B, H)
+    _prefill_kernel[grid](q, k_cache, v_cache, bt, meta.context_lens, meta.cu_seqlens_q, o, scale, bt.stride(0),
+                          KVH=kvh, GROUP=H // kvh, D=D, PAGE=page, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+                          num_warps=4, num_stages=2)
+
+
+def _decode_into(q, k_cache, v_cache, meta: AttnMeta, scale: float, o: torch.Tensor) -> None:
+    """One query token per row of q (and o)."""
+    H, D = q.shape[1], q.shape[2]
+    page, kvh = k_cache.shape[1], k_cache.shape[2]
+    group = H // kvh
+    bt = meta.block_tables
+    B = meta.context_lens.shape[0]
+    S = decode_splits(B, kvh)
+    GP = max(16, triton.next_power_of_2(group))
+    if S == 1:
+        _decode_kernel[(B, kvh)](q, k_cache, v_cache, bt, meta.context_lens, o, o, o, scale, bt.stride(0),
+                                 KVH=kvh, GROUP=group, GP=GP, D=D, PAGE=page, BLOCK_N=64, NUM_SPLITS=1,
+                                 num_warps=4, num_stages=3)
     else:
-        S = decode_splits(B, kvh)
-        GP = max(16, triton.next_power_of_2(group))
-        if S == 1:
-            _decode_kernel[(B, kvh)](q, k_cache, v_cache, bt, meta.context_lens, o, o, o, scale, bt.stride(0),
-                                     KVH=kvh, GROUP=group, GP=GP, D=D, PAGE=page, BLOCK_N=64, NUM_SPLITS=1,
-                                     num_warps=4, num_stages=3)
-        else:
-            op = torch.empty((B, H, S, D), dtype=torch.float32, device=q.device)
-            ml = torch.empty((B, H, S, 2), dtype=torch.float32, device=q.device)
-            _decode_kernel[(B, kvh, S)](q, k_cache, v_cache, bt, meta.context_lens, o, op, ml, scale, bt.stride(0),
-                                        KVH=kvh, GROUP=group, GP=GP, D=D, PAGE=page, BLOCK_N=64, NUM_SPLITS=S,
-                                        num_warps=4, num_stages=3)
-            _decode_reduce_kernel[(B, H)](op, ml, o, H=H, D=D, NUM_SPLITS=S, num_warps=4)
-    return o
+        op = torch.empty((B, H, S, D), dtype=torch.float32, device=q.device)
+        ml = torch.empty((B, H, S, 2), dtype=torch.float32, device=q.device)
+        _decode_kernel[(B, kvh, S)](q, k_cache, v_cache, bt, meta.context_lens, o, op, ml, scale, bt.stride(0),
+                                    KVH=kvh, GROUP=group, GP=GP, D=D, PAGE=page, BLOCK_N=64, NUM_SPLITS=S,
+                                    num_warps=4, num_stages=3)
+        _decode_reduce_kernel[(B, H)](op, ml, o, H=H, D=D, NUM_SPLITS=S, num_warps=4)

@@ -71,14 +71,14 @@ class Layer:
     __slots__ = ("in_w", "qkv_w", "qkv_b", "q_norm", "k_norm", "o_w", "o_b", "post_w", "gate_up_w", "down_w")
 
 
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
+def _load_state(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {path}")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(load_file(str(f)))
+        state.update(load_file(str(f), device=str(device)))  # straight onto the device
     return state
 
 
@@ -87,7 +87,7 @@ class QwenForCausalLM:
                  max_positions: int):
         self.args = a = QwenArgs.from_hf(hf_config)
         self.dtype, self.device = dtype, device
-        state = _load_state(Path(path))
+        state = _load_state(Path(path), device)
         prefix = "model." if any(k.startswith("model.") for k in state) else ""
 
         def get(name: str, required: bool = True):
