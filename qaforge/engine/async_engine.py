@@ -167,6 +167,7 @@ class AsyncLLM:
             self._waiters[rid] = _Waiter(fut, i, on_first_token)
         self._command(("add_batch", seqs))
         try:
+            self._check_alive()  # a loop that died just now has failed the open requests before ours
             return list(await asyncio.gather(*futures))
         finally:
             for rid in rids:
