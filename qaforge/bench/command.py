@@ -10,7 +10,13 @@ from qaforge.exit_codes import bad_input
 
 
 def bench(
-    endpoint: List[str] = typer.Option([], help="base URL to test (repeat to compare)"),
+    endpoint: List[str] = typer.Option([], "--endpoint", "--url", help="base URL to test (repeat to compare)"),
+    compare: Optional[str] = typer.Option(None, help="a second base URL to compare with the first"),
+    grader: Optional[str] = typer.Option(None, help="grader mode: this exam file (alpaca .jsonl/.json) in "
+                                                    "one /predict per round, the server's answer budget"),
+    rounds: int = typer.Option(3, help="grader mode: rounds (the course repeats the list x3)"),
+    limit: Optional[int] = typer.Option(None, help="grader mode: the first N exam questions only"),
+    chunk_size: Optional[int] = typer.Option(None, help="grader mode: questions per /predict (default: all)"),
     label: List[str] = typer.Option([], help="name for each endpoint/engine, in order"),
     serve_model: Optional[str] = typer.Option(None, help="start a server for this model per --engine"),
     engine: List[str] = typer.Option([], help="native | vllm (repeat), with --serve-model"),
@@ -30,11 +36,17 @@ def bench(
     out_dir: str = typer.Option("runs/bench", help="where bench.json and bench.png go"),
     timeout: float = typer.Option(600.0, help="seconds per request"),
 ) -> None:
-    """Measure TTFT, TPOT, ITL, end-to-end latency, requests/s and output tokens/s. Exit 1 if a request failed."""
+    """Measure TTFT, TPOT, ITL, end-to-end latency, requests/s and output tokens/s (exit 1 if a request
+    failed); with --grader, the course grader's rounds (exam list in one /predict, round times, tokens/s, the ratio)."""
     from qaforge.bench.load import APIS, dataset_prompts, run_bench
 
+    endpoint = list(endpoint) + ([compare] if compare else [])
     if not endpoint and not (serve_model and engine):
         bad_input("give --endpoint URL (repeatable), or --serve-model PATH with --engine")
+    if grader:
+        return _grader(endpoint, grader, rounds=rounds, tokenizer=tokenizer, labels=label or None, limit=limit,
+                       chunk_size=chunk_size, serve_model=serve_model, engines=engine, out_dir=out_dir,
+                       timeout=timeout)
     if api not in APIS:
         bad_input(f"must be one of {', '.join(APIS)}, got {api!r}", "--api")
     if any(name not in ("native", "vllm") for name in engine):
@@ -56,3 +68,17 @@ def bench(
     typer.echo(f"wrote {report['files']['json']} and {report['files']['png']}")
     if any(r["failed"] for r in report["results"]):
         raise typer.Exit(1)
+
+
+def _grader(endpoint: list[str], exam: str, **kwargs) -> None:
+    from qaforge.bench.grader_mode import run_grader_bench
+    from qaforge.evaluate.grader import GraderFailure
+
+    try:
+        report = run_grader_bench(endpoint, exam, **kwargs)
+    except (ValueError, FileNotFoundError) as exc:
+        bad_input(str(exc), "--grader")
+    except GraderFailure as exc:  # the server broke the grader contract: say so, fail the run
+        typer.echo(f"grader bench failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {report['files']['json']} and {report['files']['png']}")

@@ -128,3 +128,69 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+# ---- grader mode (qaforge.bench.grader_mode) -------------------------------------------------
+def _grader_rows(report: dict[str, Any]) -> list[tuple[str, list[float | None], str]]:
+    results = report["results"]
+    rows = [(f"round {k + 1} s", [r["round_s"][k] for r in results], "{:.3f}")
+            for k in range(report["config"]["rounds"])]
+    rows.append(("mean round s", [r["mean_round_s"] for r in results], "{:.3f}"))
+    rows.append(("output tokens / round", [r["output_tokens_per_round"][-1] for r in results], "{:.0f}"))
+    rows.append(("output tokens/s", [r["output_tokens_per_second"] for r in results], "{:.1f}"))
+    rows.append(("output chars/s", [r["output_chars_per_second"] for r in results], "{:.1f}"))
+    return rows
+
+
+def print_grader_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    results, cfg = report["results"], report["config"]
+    table = Table(title=f"qaforge bench --grader: {cfg['questions']} questions in one /predict x "
+                        f"{cfg['rounds']} rounds, tokens by {cfg['tokenizer'] or '(no tokenizer: chars only)'}")
+    table.add_column("metric")
+    for r in results:
+        table.add_column(r["label"], justify="right")
+    pair = len(results) == 2
+    if pair:
+        table.add_column(f"{results[1]['label']} / {results[0]['label']}", justify="right")
+    for name, values, fmt in _grader_rows(report):
+        cells = ["–" if v is None else fmt.format(v) for v in values]
+        if pair:
+            a, b = values
+            cells.append(f"{b / a:.2f}×" if a and b is not None else "–")
+        table.add_row(name, *cells)
+    Console().print(table)
+    if pair:
+        Console().print(f"same answers as {results[0]['label']}: {results[1]['same_answers_as_first']:.1%}")
+
+
+def write_grader_outputs(report: dict[str, Any], out_dir: Path) -> dict[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "bench.json", out_dir / "bench.png"
+    json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    results = report["results"]
+    labels = [r["label"] for r in results]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    width = 0.8 / max(1, len(results))
+    for j, r in enumerate(results):
+        xs = [k + j * width for k in range(len(r["round_s"]))]
+        left.bar(xs, r["round_s"], width, label=r["label"])
+    left.set_xticks([k + width * (len(results) - 1) / 2 for k in range(report["config"]["rounds"])])
+    left.set_xticklabels([f"round {k + 1}" for k in range(report["config"]["rounds"])])
+    left.set_title("seconds per /predict round (lower is better)")
+    left.legend()
+    key = "output_tokens_per_second" if all(r["output_tokens_per_second"] for r in results) \
+        else "output_chars_per_second"
+    right.bar(labels, [r[key] for r in results], color="tab:blue")
+    right.set_title(key.replace("_", " ") + " (higher is better)")
+    fig.suptitle(f"qaforge bench --grader ({report['config']['questions']} questions)")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return {"json": str(json_path), "png": str(png_path)}

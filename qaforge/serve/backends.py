@@ -18,8 +18,9 @@ import json
 import logging
 import sys
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from qaforge.modeling import pick_device, pick_dtype
 from qaforge.serve.settings import ServeSettings
@@ -42,6 +43,15 @@ class LoraSampling:
     it travels through the service unchanged and the backend unwraps it in generate()."""
     sampling: Any
     lora: str | None
+
+
+@dataclass
+class FinalOutput:
+    """One request's whole output at once (`Engine.generate_final`: clients that do not stream)."""
+    token_ids: list[int]
+    finish_reason: str                      # "stop" (EOS) | "length" | "abort"
+    first_token_time: float | None = None   # time.perf_counter() at its first token
+    finish_time: float | None = None
 
 
 class Engine(abc.ABC):
@@ -76,6 +86,29 @@ class Engine(abc.ABC):
     def generate(self, prompt_ids: list[int], sampling: Any,
                  request_id: str) -> AsyncIterator[TokenDelta]:
         """Stream the new tokens of one request. Closing the iterator early aborts the request."""
+
+    async def generate_final(self, prompts: list[list[int]], samplings: list[Any], request_ids: list[str], *,
+                             on_first_token: Callable[[int, float], None] | None = None,
+                             **kwargs: Any) -> list[FinalOutput]:
+        """Whole outputs, in order, for clients that do not stream; `on_first_token(i, t)` when
+        sequence i starts. Cancelling it aborts the unfinished ones. This default drains generate();
+        an engine with a batch API overrides it (no per-token events)."""
+        async def one(i: int) -> FinalOutput:
+            ids: list[int] = []
+            first, reason = None, "length"
+            stream = self.generate(prompts[i], samplings[i], request_ids[i], **kwargs)
+            async with contextlib.aclosing(stream):
+                async for delta in stream:
+                    if delta.new_token_ids and first is None:
+                        first = time.perf_counter()
+                        if on_first_token is not None:
+                            on_first_token(i, first)
+                    ids.extend(delta.new_token_ids)
+                    if delta.finished:
+                        reason = delta.finish_reason or "stop"
+            return FinalOutput(ids, reason, first, time.perf_counter())
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
 
     @abc.abstractmethod
     async def shutdown(self) -> None:
@@ -171,6 +204,16 @@ class NativeEngine(Engine):
         # AsyncLLM's RequestOutput has TokenDelta's fields; closing it aborts the request.
         sampling, lora = self.unbind_lora(sampling)
         return self._llm.generate(prompt_ids, sampling, request_id, lora=lora)
+
+    async def generate_final(self, prompts: list[list[int]], samplings: list[Any], request_ids: list[str], *,
+                             on_first_token: Callable[[int, float], None] | None = None,
+                             **kwargs: Any) -> list[FinalOutput]:
+        # AsyncLLM.generate_batch: one add for all, nothing per token, one output per sequence.
+        bound = [self.unbind_lora(s) for s in samplings]
+        outs = await self._llm.generate_batch(prompts, [p for p, _ in bound], request_ids,
+                                              on_first_token=on_first_token, loras=[lo for _, lo in bound], **kwargs)
+        return [FinalOutput(o.new_token_ids, o.finish_reason or "stop", o.first_token_time, o.finish_time)
+                for o in outs]
 
     async def shutdown(self) -> None:
         if self._llm is not None:

@@ -2,11 +2,12 @@
 
 GET /      -> {"status": "batch"} once loaded and warmed up (503 {"status": <phase>} before)
 POST /predict {"prompt": str | [str, ...]} -> {"response": str | [str, ...]}, same order and length
+
+/predict never streams, so it takes the service's fast path: the whole list tokenized in one call,
+handed to the engine in one call, one finished output per sequence, one batch_decode, orjson.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from qaforge.chat import ReasoningSplitter, prompts_token_ids, template_opens_think
 from qaforge.serve.errors import ApiError
 from qaforge.serve.http_utils import guarded
+from qaforge.serve.jsonresponse import FastJSONResponse
 from qaforge.serve.metrics import CONTENT_TYPE_LATEST
 from qaforge.serve.schemas import PredictRequest
 from qaforge.serve.state import ServerState, get_state
@@ -56,7 +58,7 @@ def grader_prompts(state: ServerState, questions: list[str], thinking: bool = Fa
 
 
 @router.post("/predict")
-async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+async def predict(body: PredictRequest, request: Request) -> FastJSONResponse:
     state = get_state(request)
     service = state.ready_service()
     single = isinstance(body.prompt, str)
@@ -84,8 +86,7 @@ async def predict(body: PredictRequest, request: Request) -> JSONResponse:
             seed=body.seed, ignore_eos=body.ignore_eos, repetition_penalty=body.repetition_penalty)
         jobs.append((ids, sampling))
     with service.admit(len(jobs)):
-        results = await guarded(request, asyncio.gather(*(
-            service.complete(ids, p, splitter=ReasoningSplitter(opened) if s.predict_thinking else None)
-            for ids, p in jobs)), s.request_timeout)
+        splitters = [ReasoningSplitter(opened) for _ in jobs] if s.predict_thinking else None
+        results = await guarded(request, service.complete_batch(jobs, splitters=splitters), s.request_timeout)
     answers = [r.text for r in results]
-    return JSONResponse({"response": answers[0] if single else answers})
+    return FastJSONResponse({"response": answers[0] if single else answers})

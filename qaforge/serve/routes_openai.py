@@ -1,8 +1,11 @@
-"""OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions (plain and SSE)."""
+"""OpenAI-compatible API: /v1/models, /v1/chat/completions, /v1/completions (plain and SSE).
+
+Without `stream`, both completions routes take the service's fast path (one engine call, one
+finished output per sequence, batch_decode, orjson), as /predict does.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -14,6 +17,7 @@ from fastapi.responses import JSONResponse
 from qaforge.chat import ReasoningSplitter, prompt_opens_think, render_prompt
 from qaforge.serve.errors import ApiError
 from qaforge.serve.http_utils import SSE_DONE, EventStreamResponse, guarded, sse, with_deadline
+from qaforge.serve.jsonresponse import FastJSONResponse
 from qaforge.serve.schemas import ChatCompletionRequest, CompletionRequest, OpenAIFields
 from qaforge.serve.service import GenerationService
 from qaforge.serve.state import ServerState, get_state
@@ -162,7 +166,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     message = {"role": "assistant", "content": result.text}
     if splitter is not None:  # vLLM's field; null when the model did not think
         message["reasoning_content"] = result.reasoning or None
-    return JSONResponse({
+    return FastJSONResponse({
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": message,
                      "finish_reason": result.finish_reason, "logprobs": None}],
@@ -189,19 +193,18 @@ def completion_prompts(state: ServerState, body: CompletionRequest) -> list[list
     if len(p) > state.settings.max_batch:
         raise ApiError(413, f"{len(p)} prompts is more than the limit of {state.settings.max_batch} "
                             f"(QAFORGE_MAX_BATCH)", "prompt")
-    out = []
     vocab = len(state.tokenizer)
     for i, item in enumerate(p):
         where = "prompt" if len(p) == 1 else f"prompt[{i}]"
         if isinstance(item, str):
             if not item.strip():
                 raise ApiError(400, f"{where} is empty", where)
-            item = state.tokenizer(item, add_special_tokens=False)["input_ids"]
         elif not item or any(t < 0 or t >= vocab for t in item):
             raise ApiError(400, f"{where}: token ids must be a non-empty list of ids in [0, {vocab})",
                            where)
-        out.append(list(item))
-    return out
+    if isinstance(p[0], str):  # a list of texts: one tokenizer call for all of them
+        return state.tokenizer(list(p), add_special_tokens=False)["input_ids"]
+    return [list(item) for item in p]
 
 
 @router.post("/completions")
@@ -241,10 +244,8 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
         return _start_stream(service, events(), state.settings.request_timeout)
 
     with service.admit(len(jobs)):
-        results = await guarded(
-            request, asyncio.gather(*(service.complete(ids, p, stop) for ids, p in jobs)),
-            state.settings.request_timeout)
-    return JSONResponse({
+        results = await guarded(request, service.complete_batch(jobs, stop), state.settings.request_timeout)
+    return FastJSONResponse({
         "id": rid, "object": "text_completion", "created": created, "model": model,
         "choices": [{"index": i, "text": r.text, "finish_reason": r.finish_reason, "logprobs": None}
                     for i, r in enumerate(results)],

@@ -1,6 +1,12 @@
 """Requests -> engine sequences: admission control, sampling parameters, metrics, detokenization,
 stop strings.
 
+Two paths. A stream (`stream`) gets every token as the engine makes it and detokenizes as it goes
+(TextStream). A plain request (`complete`, `complete_batch`) takes the fast path when it has no stop
+string: all its sequences reach the engine in one call, the engine hands back one finished output
+per sequence (no per-token event), and the answers are decoded in one `batch_decode` at the end. A
+plain request with stop strings is read token by token, so a stop string ends its sequence at once.
+
 Routes (grader and OpenAI) call only `GenerationService`; it knows nothing about HTTP except the
 ApiError it raises for a full queue or a prompt that does not fit. A request's sampling fields become
 the engine's own sampling object here, once (`sampling`). Streams are closed, never aborted, here:
@@ -9,6 +15,7 @@ closing an engine stream early is what aborts its sequence (serve/backends.py).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -150,18 +157,77 @@ class GenerationService:
 
     async def complete(self, prompt_ids: list[int], sampling: Any, stop: Sequence[str] = (),
                        splitter: Any = None) -> Completion:
-        stream = TextStream(self.tokenizer, stop, splitter) if stop else None
+        return (await self.complete_batch([(prompt_ids, sampling)], stop, [splitter]))[0]
+
+    async def complete_batch(self, jobs: Sequence[tuple[list[int], Any]], stop: Sequence[str] = (),
+                             splitters: Sequence[Any] | None = None) -> list[Completion]:
+        """Answers to (prompt ids, sampling) jobs, in order. Cancelling it aborts every sequence. A job's
+        `qaforge.chat.ReasoningSplitter` (thinking mode) moves its thought into `Completion.reasoning`."""
+        splitters = list(splitters) if splitters is not None else [None] * len(jobs)
+        if any(stop):
+            return list(await asyncio.gather(*(self._complete_streamed(ids, p, stop, sp)
+                                               for (ids, p), sp in zip(jobs, splitters))))
+        prompts = [ids for ids, _ in jobs]
+        outs = await self._final_outputs(prompts, [p for _, p in jobs])
+        raws = self.tokenizer.batch_decode([o.token_ids for o in outs], skip_special_tokens=True)
+        results = []
+        for ids, out, raw, splitter in zip(prompts, outs, raws, splitters):
+            if splitter is None:
+                text, _ = visible_text(raw, (), final=True)
+                thought = None
+            else:
+                thought, text, _ = split_visible(raw, (), splitter.opened)
+            reason = "length" if out.finish_reason == "length" else "stop"
+            results.append(Completion(text, reason, len(ids), len(out.token_ids), thought))
+        return results
+
+    async def _final_outputs(self, prompts: list[list[int]], samplings: list[Any]) -> list[Any]:
+        """The engine's whole outputs (no per-token events), with the same metrics as `_sequence`."""
+        m, n = self.metrics, len(prompts)
+        m.prompt_tokens.inc(sum(map(len, prompts)))
+        m.queue_depth.inc(n)
+        started: list[bool] = [False] * n
+        start = time.perf_counter()
+
+        def on_first_token(i: int, t: float) -> None:
+            started[i] = True
+            m.queue_depth.dec()
+            m.running.inc()
+            m.ttft.observe(max(0.0, t - start))
+
+        outs = None
+        try:
+            outs = await self.engine.generate_final(prompts, samplings, [uuid.uuid4().hex for _ in range(n)],
+                                                    on_first_token=on_first_token)
+        finally:
+            began = sum(started)
+            m.queue_depth.dec(n - began)
+            m.running.dec(began)
+            if outs is None:  # cancelled (client gone, timeout) or failed: the engine aborted them all
+                m.sequences.labels("abort").inc(n)
+        for out in outs:
+            produced = len(out.token_ids)
+            m.generation_tokens.inc(produced)
+            m.sequences.labels(out.finish_reason).inc()
+            if out.finish_time is not None:
+                m.e2e.observe(max(0.0, out.finish_time - start))
+                if produced > 1 and out.first_token_time is not None:
+                    m.tpot.observe((out.finish_time - out.first_token_time) / (produced - 1))
+        return outs
+
+    async def _complete_streamed(self, prompt_ids: list[int], sampling: Any, stop: Sequence[str],
+                                 splitter: Any = None) -> Completion:
+        stream = TextStream(self.tokenizer, stop, splitter)
         token_ids: list[int] = []
         reason, outcome = "length", {}
         seq = self._sequence(prompt_ids, sampling, outcome)
         async with contextlib.aclosing(seq):
             async for delta in seq:
                 token_ids.extend(delta.new_token_ids)
-                if stream is not None:
-                    stream.push(delta.new_token_ids)
-                    if stream.stopped:
-                        reason = outcome["reason"] = "stop"
-                        break
+                stream.push(delta.new_token_ids)
+                if stream.stopped:
+                    reason = outcome["reason"] = "stop"
+                    break
                 if delta.finished:
                     reason = "length" if delta.finish_reason == "length" else "stop"
                     break
