@@ -35,8 +35,8 @@ m.save_pretrained('$MODEL2')"
   ls "$MODEL2"
 }
 stage_gputests() {  # the CUDA tests of the new engine paths (fp8, LoRA, chunked prefill)
-  $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/test_engine_fp8.py tests/test_engine_lora.py \
-    tests/test_engine_core.py 2>&1 | grep -vE "^\s*$|Warning|warn" | tail -30
+  $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/test_engine_fp8.py tests/test_engine_lora.py tests/test_engine_chunked.py \
+    tests/test_engine_qwen2.py tests/test_train_fused.py 2>&1 | grep -vE "^\s*$|Warning|warn" | tail -30
 }
 stage_engines() {  # CONFIGS: extra --config args; the defaults compare the native switches with vLLM bf16
   local cfg=(${CONFIGS:-})
