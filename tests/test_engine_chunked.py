@@ -12,10 +12,16 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import pytest
 import torch
 
-from qaforge.engine import LLM, SamplingParams
+from qaforge.engine import LLM as _LLM
+from qaforge.engine import SamplingParams
 from qaforge.engine.block_manager import BlockManager
 from qaforge.engine.sequence import Sequence
 from test_engine_core import GREEDY, build_random_qwen3, hf_greedy, hf_reference, prompts_of
+
+
+def LLM(*args, **kwargs):  # noqa: N802 - the engine under test, with chunking on unless a test says off
+    kwargs.setdefault("enable_chunked_prefill", True)
+    return _LLM(*args, **kwargs)
 
 BUDGET = 16
 
@@ -160,7 +166,7 @@ def test_chunked_async_streams_match_sync(model_dir):
            .generate(prompts, sp)]
 
     async def go():
-        eng = AsyncLLM(model_dir, **kw)
+        eng = AsyncLLM(model_dir, enable_chunked_prefill=True, **kw)
         await eng.start()
 
         async def one(i):

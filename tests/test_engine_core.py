@@ -199,7 +199,8 @@ def test_validation(model_dir):
     cfg = EngineConfig(model=model_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100,
                        enable_chunked_prefill=False)
     assert cfg.max_num_batched_tokens == 4096 and cfg.dtype == "float32"  # whole prompts must fit one step
-    cfg = EngineConfig(model=model_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100)
+    cfg = EngineConfig(model=model_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100,
+                       enable_chunked_prefill=True)
     assert cfg.max_num_batched_tokens == 100 and cfg.enable_chunked_prefill  # chunked: a budget, not a cap
     with pytest.raises(ValueError, match="enable_chunked_prefill"):
         EngineConfig(model=model_dir, device="cpu", enable_chunked_prefill="yes")

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from qaforge.paths import DEFAULT_CORPUS_DIR
+
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +29,7 @@ def build_dataset(base: Path) -> Path:
     corpus = base / "corpus"
     corpus.mkdir(parents=True)
     for pattern in CORPUS_FILES:
-        for path in (ROOT / "data" / "corpus").glob(pattern):
+        for path in DEFAULT_CORPUS_DIR.glob(pattern):
             shutil.copy(path, corpus / path.name)
     out = base / "dataset"
     generate_dataset(corpus, out, generator="rules", exam_size=6, show_progress=False, print_table=False)

@@ -16,7 +16,7 @@ class EngineConfig:
     max_model_len: int = 2048             # prompt + output tokens per sequence
     max_num_seqs: int = 256               # sequences in one batch (decode batch size cap)
     max_num_batched_tokens: int = 16384   # tokens computed in one step (decodes + prompt chunks)
-    enable_chunked_prefill: bool = True   # split long prompts over steps, mixed with decodes
+    enable_chunked_prefill: bool = False  # split long prompts over steps, mixed with decodes; off: slower on the H200 (docs/benchmarks.md)
     block_size: int = 16                  # tokens per KV block (prefix-cache granularity)
     gpu_memory_utilization: float = 0.90  # share of GPU memory the engine may use in total
     num_kvcache_blocks: int | None = None  # override the KV cache size (tests force preemption with it)
