@@ -26,3 +26,15 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent: it exists only beside the developers' and CI's checkouts")
     return SHARED
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: the CI box has 2 shared cores, where OpenMP spinning makes tiny
+    matmuls many times slower, and one thread keeps CPU numerics fixed between runs."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -17,12 +17,7 @@ from qaforge.engine import LLM, SamplingParams
 from qaforge.engine.async_engine import AsyncLLM, RequestOutput
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 
 @pytest.fixture(scope="module")

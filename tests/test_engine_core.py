@@ -37,13 +37,7 @@ def build_random_qwen3(path) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # the CI box and this dev box have 2 (shared) cores: OpenMP spinning makes tiny matmuls 100x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 
 @pytest.fixture(scope="module")

@@ -31,13 +31,7 @@ E4M3_REL = 2.0 ** -4     # half a unit in the last place of a 3-bit mantissa, re
 E4M3_SUB = 2.0 ** -10    # half the subnormal step (2^-9): the absolute error below 2^-6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: OpenMP spinning makes these tiny matmuls far slower, and 1 thread keeps numerics fixed
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 
 def within_e4m3(stored: torch.Tensor, exact: torch.Tensor, ulps: float = 1.0) -> bool:
