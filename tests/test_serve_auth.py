@@ -4,6 +4,11 @@ shows in the server's log (at debug level), its settings dump or its error messa
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import httpx
 import openai
 import pytest
@@ -103,6 +108,17 @@ def test_protect_grader_guards_the_grader_routes_but_not_health(request, tmp_pat
         assert httpx.get(url + "/health").status_code == 200
         assert httpx.get(url + "/metrics").status_code == 200
         assert httpx.get(url + "/v1/models").status_code == 401  # the key from the env guards /v1 too
+        # qaforge's own grader simulator sends the key it finds in QAFORGE_API_KEY, as the server reads it
+        exam = tmp_path_factory.mktemp("auth_exam") / "exam.jsonl"
+        exam.write_text(json.dumps({"instruction": "什么是 warp？", "output": "32 个线程"}, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
+        grader = [sys.executable, "-m", "qaforge", "eval", "--grader", url, "--data", str(exam), "--max-tokens", "4",
+                  "--out", str(exam.parent / "out")]
+        refused = subprocess.run(grader, capture_output=True, text=True, timeout=300,
+                                 env={k: v for k, v in os.environ.items() if k != "QAFORGE_API_KEY"})
+        keyed_run = subprocess.run(grader, capture_output=True, text=True, timeout=300,
+                                   env={**os.environ, "QAFORGE_API_KEY": KEY})
+        assert refused.returncode != 0 and keyed_run.returncode == 0, (refused.stdout[-800:], keyed_run.stdout[-2000:])
         assert KEY not in srv.log_tail(10**7)
     finally:
         srv.stop()

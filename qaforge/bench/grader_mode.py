@@ -19,7 +19,7 @@ import httpx
 from qaforge.dataset import read_records
 from qaforge.evaluate.endpoint import TokenCounter
 from qaforge.evaluate.exam import exam_items
-from qaforge.evaluate.grader import _ask_all, wait_until_ready
+from qaforge.evaluate.grader import _ask_all, api_key_headers, wait_until_ready
 
 
 def exam_questions(path: str | Path, limit: int | None = None) -> list[str]:
@@ -34,7 +34,7 @@ def grader_rounds(url: str, questions: list[str], rounds: int, count: TokenCount
                   timeout_s: float = 3600.0) -> dict[str, Any]:
     """Time `rounds` grader rounds against one server; tokens per round from `count`."""
     url = url.rstrip("/")
-    with httpx.Client() as client:
+    with httpx.Client(headers=api_key_headers()) as client:
         wait_until_ready(client, url, ready_s, 0.5)
         round_s, tokens, chars = [], [], []
         answers: list[str] = []

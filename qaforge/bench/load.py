@@ -19,6 +19,8 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
+from qaforge.evaluate.grader import api_key_headers
+
 APIS = ("chat", "completions", "predict")
 PERCENTILES = (50, 90, 99)
 
@@ -178,7 +180,8 @@ async def bench_target(target: Target, prompts: list[str], *, max_tokens: int = 
     """Send `prompts` to one target; return its summary (and raw per-request numbers)."""
     count_tokens, token_source = _token_counter(tokenizer)
     limits = httpx.Limits(max_connections=concurrency or 10_000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(base_url=target.base_url, timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=target.base_url, timeout=timeout, limits=limits,
+                                 headers=api_key_headers()) as client:
         await _resolve_model(client, target)
         units = ([prompts[i:i + predict_batch] for i in range(0, len(prompts), predict_batch)]
                  if target.api == "predict" else [[p] for p in prompts])

@@ -30,6 +30,15 @@ PREDICT_BUDGET_S = 360.0
 _NOT_PLAIN = re.compile(r"<think>|</think>|<\|[a-z_]+\|>")
 
 
+def api_key_headers() -> dict[str, str]:
+    """The bearer header a `qaforge serve --api-key` (with --protect-grader for the grader routes) wants,
+    from the same QAFORGE_API_KEY the server reads; none when it is unset."""
+    import os
+
+    key = os.environ.get("QAFORGE_API_KEY", "")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 class GraderFailure(RuntimeError):
     """The server broke the grader contract (wrong type, length, status)."""
 
@@ -41,6 +50,9 @@ def wait_until_ready(client: httpx.Client, url: str, budget_s: float, poll_s: fl
         polls += 1
         try:
             reply = client.get(url + "/", timeout=max(1.0, poll_s * 5))
+            if reply.status_code in (401, 403):  # waiting cannot help: the server wants a key
+                raise GraderFailure(f"GET / answered {reply.status_code}: the server wants an API key "
+                                    "(set QAFORGE_API_KEY to the server's --api-key)")
             status = reply.json().get("status") if reply.status_code == 200 else None
             if status in ("batch", "ok"):
                 return status, time.perf_counter() - started, polls
@@ -123,7 +135,7 @@ def simulate_grader(url: str, data: Path, limit: int | None = None, chunk_size: 
     questions = [item.question for item in items]
     checks: list[dict[str, str]] = []
     result: dict[str, Any] = {"url": url, "data": str(data), "n": len(items), "repeat": repeat, "checks": checks}
-    with httpx.Client() as client:
+    with httpx.Client(headers=api_key_headers()) as client:
         try:
             status, health_s, polls = wait_until_ready(client, url, health_budget_s, poll_s)
             mode = status if mode == "auto" else mode
