@@ -27,7 +27,7 @@ def serve(
     max_pending: Optional[int] = typer.Option(None, help="sequences admitted before 429"),
     system_prompt: Optional[str] = typer.Option(None, help="system prompt ('' for none)"),
     served_model_name: Optional[str] = typer.Option(None, help="name in /v1/models"),
-    quantization: Optional[str] = typer.Option(None, help="vLLM quantization, e.g. fp8"),
+    quantization: Optional[str] = typer.Option(None, help="fp8: FP8 weights (the native engine and vLLM)"),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vLLM memory fraction"),
     enforce_eager: Optional[bool] = typer.Option(None, help="vLLM: no CUDA graphs"),
     request_timeout: Optional[float] = typer.Option(None, help="seconds per request"),

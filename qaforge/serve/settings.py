@@ -43,7 +43,7 @@ class ServeSettings:
     warmup_file: str = ""                # default: qaforge/data/warmup_questions.json (packaged)
     exit_on_load_failure: bool = True    # a server that cannot load should die, not hang at 503
     # vLLM only (the course project's settings; CPU needs quantization="" and a small memory fraction)
-    quantization: str = ""               # e.g. fp8 on GPU
+    quantization: str = ""               # "fp8": FP8 weights, on both engines (the native one: engine/layers/fp8.py)
     gpu_memory_utilization: float = 0.95
     enable_prefix_caching: bool = True
     enforce_eager: bool = False          # False: CUDA graphs
