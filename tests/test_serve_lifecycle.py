@@ -106,5 +106,6 @@ def test_not_ready_is_503_until_the_warm_up_is_done(request, tmp_path_factory):
         assert client.get("/").json() == {"status": "batch"}
         health = client.get("/health").json()
         assert health["load_seconds"] > 0 and health["warmup_seconds"] > 0
+        assert health["engine_seconds"] > 0 and health["tokenizer_seconds"] > 0  # loaded side by side
         assert client.post("/predict", json={"prompt": "q", "max_tokens": 2}).status_code == 200
     time.sleep(0)  # lifespan shutdown ran when the client closed
