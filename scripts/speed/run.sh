@@ -35,7 +35,7 @@ m.save_pretrained('$MODEL2')"
   ls "$MODEL2"
 }
 stage_gputests() {  # the CUDA tests of the new engine paths (fp8, LoRA, chunked prefill)
-  $PY -m pytest -q -s -m gpu -p no:cacheprovider tests/test_engine_fp8.py tests/test_engine_lora.py tests/test_engine_chunked.py \
+  $PY -m pytest -q -s -m gpu -p no:cacheprovider -o log_cli=false --tb=short tests/test_engine_fp8.py tests/test_engine_lora.py tests/test_engine_chunked.py \
     tests/test_engine_qwen2.py tests/test_train_fused.py 2>&1 | grep -vE "^\s*$|Warning|warn" | tail -30
 }
 stage_engines() {  # CONFIGS: extra --config args; the defaults compare the native switches with vLLM bf16
@@ -43,8 +43,9 @@ stage_engines() {  # CONFIGS: extra --config args; the defaults compare the nati
   [ ${#cfg[@]} -eq 0 ] && cfg=(--config 'native:{}' --config 'native_nochunk:{"enable_chunked_prefill": false}'
     --config 'native_kv8:{"kv_cache_dtype": "fp8"}' --config 'native_fp8:{"kv_cache_dtype": "fp8", "quantization": "fp8"}'
     --config 'native_512:{"max_num_seqs": 512}' --config 'vllm_bf16:{"max_num_seqs": 512}')
+  # the whole log stays in res/ (a failed vLLM start names its root cause far above the traceback's end)
   $PY -m scripts.engines_same_run --model "$MODEL" "${cfg[@]}" --timeout 240 --out "$W/res/engines.json" 2>&1 \
-    | grep -vE "INFO|WARNING|it/s\]" | tail -40
+    | tee "$W/res/engines_full.log" | grep -vE "INFO|WARNING|it/s\]" | tail -40
 }
 stage_train() {  # fast_v7 end to end on TRAIN_MODEL (default: the Qwen2.5 shape), seed lengths: plain HF + PEFT, qaforge
   $PY -m scripts.bench_train --model "${TRAIN_MODEL:-$MODEL2}" --data "${TRAIN_DATA:-/tmp/rwdata/train.jsonl}" --exam "$EXAM" \
