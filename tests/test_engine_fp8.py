@@ -351,7 +351,8 @@ def test_gpu_fp8_engine_agrees_with_bf16(tmp_path):
     results = {}
     for name, extra, bound in (("kv8", dict(kv_cache_dtype="fp8"), 0.85), ("w8", dict(quantization="fp8"), 0.68),
                                ("both", dict(kv_cache_dtype="fp8", quantization="fp8"), 0.65)):
-        llm = LLM(d, **kw, **extra)
+        # the budget counts every process's memory on the card: the reference engine already holds ~0.3 of it
+        llm = LLM(d, **{**kw, "gpu_memory_utilization": 0.62}, **extra)
         assert llm.runner.backend == "triton" and llm.runner.graphs
         if "quantization" in extra:
             assert llm.runner.fp8_info["gemm"] == "scaled_mm", llm.runner.fp8_info
