@@ -26,12 +26,7 @@ def LLM(*args, **kwargs):  # noqa: N802 - the engine under test, with chunking o
 BUDGET = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: OpenMP spinning makes tiny matmuls much slower
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 
 @pytest.fixture(scope="module")

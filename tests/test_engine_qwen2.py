@@ -18,7 +18,9 @@ import torch
 
 from qaforge.engine import LLM, EngineConfig, SamplingParams
 from qaforge.engine.layers import torch_ops
-from test_engine_core import GREEDY, N_NEW, _one_thread, hf_greedy, hf_reference, prompts_of  # noqa: F401 (fixture)
+from test_engine_core import GREEDY, N_NEW, hf_greedy, hf_reference, prompts_of
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 PENALTY = 1.3
 
