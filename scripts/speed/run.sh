@@ -79,6 +79,16 @@ stage_serve() {  # the grader over HTTP (192 questions, x3) and the same prompts
   $PY -m scripts.grader_engine_alone --model "$MODEL" --data "$W/exam192.jsonl" --out "$W/res/grader_engine.json" \
     --max-num-seqs 512 2>&1 | tail -5
 }
+stage_grader_vllm() {  # the grader over HTTP against `qaforge serve --engine vllm`; VLLM_ARGS default: the seed's config
+  head -192 "$EXAM" > "$W/exam192.jsonl"
+  setsid $PY -m qaforge serve --model "$MODEL" --engine vllm --port 8001 --max-model-len 1024 \
+    ${VLLM_ARGS:---quantization fp8 --max-num-seqs 4096 --gpu-memory-utilization 0.95} > "$W/log/serve_vllm.log" 2>&1 &
+  echo $! > "$W/serve_vllm.pid"
+  wait_ready http://127.0.0.1:8001/ || tail -40 "$W/log/serve_vllm.log"
+  $PY -m qaforge eval --grader http://127.0.0.1:8001 --data "$W/exam192.jsonl" --tokenizer "$MODEL" --repeat 3 \
+    --out "$W/res/grader_vllm" 2>&1 | tail -12
+  kill -TERM -- -"$(cat $W/serve_vllm.pid)"; sleep 5
+}
 stage_pack() { tar czf "$OUT/speed_$(date +%H%M%S).tgz" -C "$W" res log 2>/dev/null; ls -la "$OUT"; }
 
 for stage in "$@"; do
