@@ -58,6 +58,11 @@ def _run_native(model: str, kw: dict) -> tuple[dict, callable]:
 
 
 def _run_vllm(model: str, kw: dict) -> tuple[dict, callable]:
+    import os
+
+    # CUDA is already initialised in this process (torch.cuda probes), so vLLM's engine core must be spawned,
+    # not forked; a fork fails with "Cannot re-initialize CUDA in forked subprocess" (seen on the H200)
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

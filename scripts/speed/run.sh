@@ -9,7 +9,7 @@ set -uo pipefail
 W=${W:-/tmp/sp}; OUT=${OUT:-$W/out}; TOK=${TOK:-$PWD/.tok}; EXAM=${EXAM:-/tmp/rwdata/exam.jsonl}
 mkdir -p "$W"/{log,res} "$OUT"
 export PYTHONPATH="$W/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1
+export VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 VLLM_WORKER_MULTIPROC_METHOD=spawn
 MODEL=/tmp/qwen3rand; MODEL2=/tmp/qwen2rand
 PY=python3
 
