@@ -38,3 +38,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---- a served model: for test modules that define a module-scoped `server` fixture (a
+# qaforge.serve.launcher.ServerProcess, usually from serve_helpers.serve_tiny) ----------------------
+@pytest.fixture(scope="module")
+def url(server) -> str:
+    return server.base_url
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    from serve_helpers import openai_client
+
+    return openai_client(url)
+
+
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    """The served model's id, as /v1/models lists it first."""
+    return client.models.list().data[0].id
+
