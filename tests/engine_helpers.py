@@ -71,6 +71,16 @@ def hf_greedy(hf, prompt: list[int], n: int = N_NEW, **generate_kwargs) -> list[
     return refs[key]
 
 
+def hf_argmax_check(hf, prompt: list[int], tokens: list[int], margin: float = 1.0) -> list[tuple[int, int, bool]]:
+    """Teacher forcing on the engine's own sequence: per generated position (HF's fp32 argmax, the engine's
+    token, whether HF's top two logits are more than `margin` apart, i.e. whether a miss there is a real one)."""
+    with torch.no_grad():
+        logits = hf(torch.tensor([prompt + tokens], device=hf.device)).logits[0, len(prompt) - 1: -1].float()
+    top2 = logits.topk(2, dim=-1).values
+    clear = (top2[:, 0] - top2[:, 1] > margin).tolist()
+    return list(zip(logits.argmax(-1).tolist(), tokens, clear))
+
+
 def prompts_of(lengths, seed=0, vocab=1000, low=3):
     """Random prompts of the given lengths, ids in [low, vocab) (below `low`: the special ids)."""
     r = random.Random(seed)

@@ -12,7 +12,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import pytest
 import torch
 
-from engine_helpers import GREEDY, hf_greedy, mixed_meta, prompts_of
+from engine_helpers import GREEDY, hf_argmax_check, hf_greedy, hf_reference, mixed_meta, prompts_of
 from qaforge.engine import LLM as _LLM
 from qaforge.engine import SamplingParams
 from qaforge.engine.block_manager import BlockManager
@@ -199,11 +199,7 @@ def test_chunked_on_gpu_bf16_agrees_with_transformers(qwen3_dir):
     prompts = prompts_of([5, 17, 33, 50, 130] * 8, seed=30)   # 40 rows: a graph size captured on first use
     agree = total = 0
     for p, o in zip(prompts, llm.generate(prompts, GREEDY)):
-        with torch.no_grad():
-            logits = hf(torch.tensor([p + o.token_ids], device="cuda")).logits[0, len(p) - 1: -1].float()
-        top2 = logits.topk(2, dim=-1).values
-        clear = (top2[:, 0] - top2[:, 1] > 1.0).tolist()
-        for want, got, c in zip(logits.argmax(-1).tolist(), o.token_ids, clear):
+        for want, got, c in hf_argmax_check(hf, p, o.token_ids):
             assert got == want or not c
             agree += int(got == want)
             total += 1

@@ -16,7 +16,7 @@ import shutil
 import pytest
 import torch
 
-from engine_helpers import GREEDY, N_NEW, hf_greedy, hf_reference, prompts_of
+from engine_helpers import GREEDY, N_NEW, hf_argmax_check, hf_greedy, hf_reference, prompts_of
 from qaforge.engine import LLM, EngineConfig, SamplingParams
 from qaforge.engine.layers import torch_ops
 
@@ -262,11 +262,7 @@ def test_qwen2_on_gpu_bf16_agrees_with_transformers(qwen2_dir):
     prompts = prompts_of([5, 17, 33, 50, 130], seed=30)
     agree = total = decisive = 0
     for p, o in zip(prompts, llm.generate(prompts, GREEDY)):
-        with torch.no_grad():
-            logits = hf(torch.tensor([p + o.token_ids], device="cuda")).logits[0, len(p) - 1: -1].float()
-        top2 = logits.topk(2, dim=-1).values
-        clear = (top2[:, 0] - top2[:, 1] > 1.0).tolist()
-        for want, got, c in zip(logits.argmax(-1).tolist(), o.token_ids, clear):
+        for want, got, c in hf_argmax_check(hf, p, o.token_ids):
             assert got == want or not c, (p, o.token_ids)
             agree += int(got == want)
             decisive += int(c)
