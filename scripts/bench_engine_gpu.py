@@ -26,6 +26,10 @@ from qaforge.bench import engine as bench
 from qaforge.engine.layers import torch_ops
 from qaforge.engine.layers.attn_meta import AttnMeta
 
+# the engine tests' helpers: their paged test batches and their HF teacher-forcing check
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from engine_helpers import hf_argmax_check, mixed_meta, random_block_table  # noqa: E402
+
 OUT = os.environ.get("OUT", "/tmp")
 MODEL = "/tmp/qwen3rand"
 res: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
@@ -52,8 +56,6 @@ def rel(a, b):
 
 def kernel_checks():
     from qaforge.engine.layers import triton_ops as T
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from engine_helpers import mixed_meta, random_block_table  # the kernel tests' paged batches
     dev, dt = "cuda", torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
     out = {}
@@ -151,11 +153,8 @@ def engine_vs_hf():
         exact = 0
         for p, a, b in zip(prompts, o1, o2):
             same_runs += int(a.token_ids == b.token_ids)
-            seq = torch.tensor([p + a.token_ids], device="cuda")
-            with torch.no_grad():
-                pred = hf(seq).logits[0, len(p) - 1:-1].argmax(-1).tolist()
-            agree += sum(int(x == y) for x, y in zip(pred, a.token_ids))
-            total += len(pred)
+            agree += sum(int(want == got) for want, got, _ in hf_argmax_check(hf, p, a.token_ids))
+            total += len(a.token_ids)
             with torch.no_grad():
                 g = hf.generate(torch.tensor([p], device="cuda"), max_new_tokens=n_new, min_new_tokens=n_new,
                                 do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
