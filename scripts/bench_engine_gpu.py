@@ -26,6 +26,10 @@ from qaforge.bench import engine as bench
 from qaforge.engine.layers import torch_ops
 from qaforge.engine.layers.attn_meta import AttnMeta
 
+# the engine tests' helpers: their paged test batches and their HF teacher-forcing check
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from engine_helpers import hf_argmax_check, mixed_meta, random_block_table  # noqa: E402
+
 OUT = os.environ.get("OUT", "/tmp")
 MODEL = "/tmp/qwen3rand"
 res: dict = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__}
@@ -86,13 +90,7 @@ def kernel_checks():
     # attention: prefill with prefix hits, and decode
     ctx = [37, 300, 1, 129, 1024, 700]
     ql = [37, 100, 1, 64, 1024, 3]
-    nblk = [-(-c // BS) for c in ctx]
-    perm = torch.randperm(NB, device=dev, generator=g)
-    bt = torch.zeros(len(ctx), max(nblk), dtype=torch.int64, device=dev)
-    off = 0
-    for i, n in enumerate(nblk):
-        bt[i, :n] = perm[off:off + n]
-        off += n
+    bt = random_block_table(ctx, BS, NB, dev, g)
     kc = torch.randn(NB + 1, BS, KVH, D, device=dev, dtype=dt, generator=g)
     vc = torch.randn(NB + 1, BS, KVH, D, device=dev, dtype=dt, generator=g)
     cu = torch.tensor([0] + list(torch.tensor(ql).cumsum(0)), device=dev)
@@ -115,14 +113,12 @@ def kernel_checks():
         out[f"decode_attention_B{B}"] = rel(T.paged_attention(qb, kc, vc, mb, D ** -0.5),
                                             torch_ops.paged_attention(qb, kc, vc, mb, D ** -0.5))
     # a mixed step: decode rows first (decode kernel), then prompt chunks (varlen kernel), one call
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from test_engine_chunked import _mixed_meta
     for name, (cx, qx) in {"mixed_small": ([300, 1, 129, 77, 1024], [1, 1, 1, 64, 200]),
                            "mixed_40_decodes": ([2000] * 40 + [700], [1] * 40 + [300])}.items():
         nbm = sum(-(-c // BS) for c in cx) + 10
         kcm = torch.randn(nbm + 1, BS, KVH, D, device=dev, dtype=dt, generator=g)
         vcm = torch.randn_like(kcm)
-        full, mixed = _mixed_meta(cx, qx, BS, nbm, dev, g)
+        full, mixed = mixed_meta(cx, qx, BS, nbm, dev, g)
         qm = torch.randn(sum(qx), H, D, device=dev, dtype=dt, generator=g)
         out[f"attention_{name}"] = rel(T.paged_attention(qm, kcm, vcm, mixed, D ** -0.5),
                                        torch_ops.paged_attention(qm, kcm, vcm, full, D ** -0.5))
@@ -134,7 +130,7 @@ def kernel_checks():
 def engine_vs_hf():
     """Teacher-forced agreement: the engine's greedy tokens vs HF's argmax on the same sequence."""
     from transformers import AutoModelForCausalLM
-    from qaforge.engine import LLM, SamplingParams
+    from qaforge.engine import LLM
     r = random.Random(3)
     prompts = [[r.randint(1000, 150000) for _ in range(n)] for n in (7, 60, 130, 250)]
     n_new = 48
@@ -145,8 +141,8 @@ def engine_vs_hf():
         llm = LLM(MODEL, device="cuda", dtype=dtype, max_model_len=512, max_num_seqs=16, num_kvcache_blocks=512,
                   cuda_graph_max_bs=8, **kw)
         # run twice: the second run hits the prefix cache
-        o1 = llm.generate(prompts, bench_sp(n_new))
-        o2 = llm.generate(prompts, bench_sp(n_new))
+        o1 = llm.generate(prompts, bench.greedy_budget(n_new))
+        o2 = llm.generate(prompts, bench.greedy_budget(n_new))
         backend = llm.runner.backend
         hits = llm.stats()["prefix_cache_hit_tokens"]
         del llm
@@ -157,11 +153,8 @@ def engine_vs_hf():
         exact = 0
         for p, a, b in zip(prompts, o1, o2):
             same_runs += int(a.token_ids == b.token_ids)
-            seq = torch.tensor([p + a.token_ids], device="cuda")
-            with torch.no_grad():
-                pred = hf(seq).logits[0, len(p) - 1:-1].argmax(-1).tolist()
-            agree += sum(int(x == y) for x, y in zip(pred, a.token_ids))
-            total += len(pred)
+            agree += sum(int(want == got) for want, got, _ in hf_argmax_check(hf, p, a.token_ids))
+            total += len(a.token_ids)
             with torch.no_grad():
                 g = hf.generate(torch.tensor([p], device="cuda"), max_new_tokens=n_new, min_new_tokens=n_new,
                                 do_sample=False, eos_token_id=None, pad_token_id=0)[0, len(p):].tolist()
@@ -188,7 +181,7 @@ def sampling_and_async():
     sp = SamplingParams(temperature=0.7, top_p=0.8, top_k=20, max_tokens=384, seed=11, ignore_eos=True)
     alone = llm.generate([ten[0]], SamplingParams(temperature=0.7, top_p=0.8, top_k=20, max_tokens=32, seed=11,
                                                   ignore_eos=True))[0].token_ids
-    for name, params in (("greedy", bench_sp(384)), ("sampled_t0.7_p0.8_k20", sp)):
+    for name, params in (("greedy", bench.greedy_budget(384)), ("sampled_t0.7_p0.8_k20", sp)):
         llm.generate(ten, params)
         torch.cuda.synchronize(); t = time.perf_counter()
         o = llm.generate(ten, params)
@@ -206,7 +199,7 @@ def sampling_and_async():
 
         async def one(p):
             n = 0
-            async for o in eng.generate(p, bench_sp(128)):
+            async for o in eng.generate(p, bench.greedy_budget(128)):
                 n += len(o.new_token_ids)
             return n
         t = time.perf_counter()
@@ -219,11 +212,6 @@ def sampling_and_async():
     out["async_100x128"] = asyncio.run(go())
     gc.collect(); torch.cuda.empty_cache()
     return out
-
-
-def bench_sp(n):
-    from qaforge.engine import SamplingParams
-    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
 
 
 STARTUP = """
@@ -272,24 +260,8 @@ def run_config(name: str, names: list[str], engine_kw: dict) -> dict:
     res["graphs_rest_s"] = round(llm.runner.capture_remaining(), 2)  # steady state from the first step
     wl = bench.workloads(llm.vocab_size, 1.0)
     wl["G193"] = (g193(llm.vocab_size), [384] * 193)
-    llm.generate(wl["W3"][0][:8], bench_sp(16))  # warm-up
-    for w in names:
-        prompts, outs = wl[w]
-        if w in ("W2", "G193"):  # G193: the second pass is timed (its prefix is cached), as the anchors do
-            llm.generate(prompts, [bench_sp(o) for o in outs])
-        torch.cuda.synchronize()
-        steps0 = llm.num_steps
-        t = time.perf_counter()
-        o = llm.generate(prompts, [bench_sp(n) for n in outs])
-        torch.cuda.synchronize()
-        dt = time.perf_counter() - t
-        ntok = sum(len(x.token_ids) for x in o)
-        assert ntok == sum(outs), (ntok, sum(outs))
-        r = {"s": round(dt, 3), "out_tok_s": round(ntok / dt), "gen_tokens": ntok, "steps": llm.num_steps - steps0}
-        if w == "W2":
-            r["ms_per_tok"] = round(dt / ntok * 1000, 3)
-        res[w] = r
-        print(f"[{name}] {w}: {r}", flush=True)
+    # G193: the second pass is timed (its prefix is cached), as the anchors do
+    res.update(bench.time_workloads(llm, wl, names, name, rerun=("W2", "G193")))
     res["stats"] = llm.stats()
     del llm
     gc.collect(); torch.cuda.empty_cache()

@@ -38,3 +38,53 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---- a served model: for test modules that define a module-scoped `server` fixture (a
+# qaforge.serve.launcher.ServerProcess, usually from serve_helpers.serve_tiny) ----------------------
+@pytest.fixture(scope="module")
+def url(server) -> str:
+    return server.base_url
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    from serve_helpers import openai_client
+
+    return openai_client(url)
+
+
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    """The served model's id, as /v1/models lists it first."""
+    return client.models.list().data[0].id
+
+
+# ---- the engine tests' random checkpoints (tests/engine_helpers.py builds them; seeded, so one build
+# per session serves every module) -----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory) -> str:
+    from engine_helpers import build_random_qwen3
+
+    return build_random_qwen3(tmp_path_factory.getbasetemp() / "engine_random_qwen3")
+
+
+@pytest.fixture(scope="session")
+def hf_qwen3(qwen3_dir):
+    from engine_helpers import hf_reference
+
+    return hf_reference(qwen3_dir)
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tmp_path_factory) -> str:
+    from engine_helpers import build_random_qwen2
+
+    return build_random_qwen2(tmp_path_factory.getbasetemp() / "engine_random_qwen2")
+
+
+@pytest.fixture(scope="session")
+def hf_qwen2(qwen2_dir):
+    from engine_helpers import hf_reference
+
+    return hf_reference(qwen2_dir)

@@ -12,17 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from train_helpers import save_checkpoint, special_ids
+
 
 def build_random_qwen2(out_dir: Path, tokenizer_dir: Path, seed: int = 0, **config_overrides) -> Path:
     import torch
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     out_dir = Path(out_dir)
     if (out_dir / "model.safetensors").exists():
         return out_dir
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eos, pad = special_ids(tokenizer)
     values = dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=3,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                   rope_theta=1_000_000.0, tie_word_embeddings=True, use_sliding_window=False,
@@ -36,11 +37,7 @@ def build_random_qwen2(out_dir: Path, tokenizer_dir: Path, seed: int = 0, **conf
                 proj.bias.normal_(0.0, 0.5)  # Qwen2's k biases are large in the real checkpoints too
             for norm in (layer.input_layernorm, layer.post_attention_layernorm):
                 norm.weight.add_(0.1 * torch.randn_like(norm.weight))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad, do_sample=False).save_pretrained(out_dir)
-    return out_dir
+    return save_checkpoint(model, tokenizer, out_dir)
 
 
 @pytest.fixture(scope="session")

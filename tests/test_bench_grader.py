@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 from qaforge.bench.grader_mode import run_grader_bench
 from qaforge.cli import app
-from qaforge.serve.launcher import start_server
-from serve_helpers import FAST_ENV, model_dir, warmup_questions
+from serve_helpers import model_dir, serve_tiny, warmup_questions
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +20,9 @@ def tiny(request, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tiny):
-    srv = start_server(tiny, engine="native", env=dict(FAST_ENV, QAFORGE_MAX_TOKENS="12"), ready_timeout=300)
-    yield srv
-    srv.stop()
+def server(request, tmp_path_factory, tiny):
+    with serve_tiny(request, tmp_path_factory, model=tiny, env={"QAFORGE_MAX_TOKENS": "12"}) as srv:
+        yield srv
 
 
 @pytest.fixture()

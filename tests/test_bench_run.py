@@ -8,16 +8,13 @@ import pytest
 
 from qaforge.bench import dataset_prompts, percentiles, random_prompts, run_bench
 from qaforge.paths import WARMUP_QUESTIONS
-from qaforge.serve.launcher import start_server
-from serve_helpers import FAST_ENV, model_dir
+from serve_helpers import serve_tiny
 
 
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
-    srv = start_server(str(model_dir(request, tmp_path_factory)), engine="native", env=FAST_ENV,
-                       ready_timeout=300)
-    yield srv
-    srv.stop()
+    with serve_tiny(request, tmp_path_factory) as srv:
+        yield srv
 
 
 def test_percentiles_interpolate_like_numpy():

@@ -26,15 +26,21 @@ def _chinese_paragraph(n: int, topic: str = "线程") -> str:
     return "".join(f"第{i}句说明{topic}的调度方式是指硬件如何安排执行。" for i in range(n))
 
 
+def _chunks_at_their_offsets(folder: Path, book: str, chunk_size: int):
+    """The folder's chapters and their chunks (no overlap), each chunk checked to be the text at its offsets."""
+    chapters = load_corpus(folder)
+    chunks = chunk_corpus(chapters, folder, chunk_size=chunk_size, overlap=0)
+    text = read_text(folder / book)
+    for chunk in chunks:
+        assert text[chunk.char_start:chunk.char_end] == chunk.text
+    return chapters, chunks
+
+
 def test_chapters_from_headings_and_offsets(tmp_path):
     _write(tmp_path / "book.md", "# Chapter 3 Memory（内存）\n\n## 3.1 共享内存\n\n" + _chinese_paragraph(5)
            + "\n\n# Chapter 4 Performance（性能）\n\n## 4.1 合并访问\n\n" + _chinese_paragraph(4, "访存"))
-    chapters = load_corpus(tmp_path)
+    chapters, chunks = _chunks_at_their_offsets(tmp_path, "book.md", 300)
     assert [(c.number, c.title) for c in chapters] == [(3, "Memory（内存）"), (4, "Performance（性能）")]
-    chunks = chunk_corpus(chapters, tmp_path, chunk_size=300, overlap=0)
-    text = read_text(tmp_path / "book.md")
-    for chunk in chunks:
-        assert text[chunk.char_start:chunk.char_end] == chunk.text
     assert {c.chapter for c in chunks} == {3, 4}
     assert any(c.section == "3.1 共享内存" for c in chunks)
     assert all("访存" not in c.text for c in chunks if c.chapter == 3)
@@ -184,12 +190,8 @@ def test_pdf_textbook_chapters_skip_contents_and_prose_mentions(tmp_path):
         ["CHAPTER 2", "Memory architecture", body.replace("warp", "shared memory bank")],
         ["CHAPTER 2 Memory architecture", "Coalesced accesses combine the loads of a warp into few transactions."],
     ])
-    chapters = load_corpus(tmp_path)
+    chapters, chunks = _chunks_at_their_offsets(tmp_path, "book.pdf", 400)
     assert [(c.number, c.title) for c in chapters] == [(1, "Introduction"), (2, "Memory architecture")]
-    chunks = chunk_corpus(chapters, tmp_path, chunk_size=400, overlap=0)
-    text = read_text(tmp_path / "book.pdf")
-    for chunk in chunks:
-        assert text[chunk.char_start:chunk.char_end] == chunk.text
     by_chapter = {n: " ".join(c.text for c in chunks if c.chapter == n) for n in (1, 2)}
     assert "group of thirty-two threads" in by_chapter[1] and "shared memory bank" not in by_chapter[1]
     assert "shared memory bank" in by_chapter[2] and "Coalesced accesses" in by_chapter[2]

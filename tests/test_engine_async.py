@@ -20,12 +20,6 @@ from qaforge.engine.async_engine import AsyncLLM, RequestOutput
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from test_engine_core import build_random_qwen3
-    return build_random_qwen3(tmp_path_factory.mktemp("engine_async_qwen3"))
-
-
 def _prompts(n, seed=0):
     r = random.Random(seed)
     return [[r.randint(3, 999) for _ in range(r.randint(4, 40))] for _ in range(n)]
@@ -41,11 +35,11 @@ async def _collect(eng, p, sp, rid=None):
 
 
 @pytest.mark.asyncio
-async def test_concurrent_streams_match_sync_engine(model_dir):
+async def test_concurrent_streams_match_sync_engine(qwen3_dir):
     prompts = _prompts(8)
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    ref = [o.token_ids for o in LLM(model_dir, device="cpu", max_model_len=256, max_num_seqs=8).generate(prompts, sp)]
-    eng = AsyncLLM(model_dir, device="cpu", max_model_len=256, max_num_seqs=8)
+    ref = [o.token_ids for o in LLM(qwen3_dir, device="cpu", max_model_len=256, max_num_seqs=8).generate(prompts, sp)]
+    eng = AsyncLLM(qwen3_dir, device="cpu", max_model_len=256, max_num_seqs=8)
     await eng.start()
     try:
         async def staggered(i, p):
@@ -67,8 +61,8 @@ async def test_concurrent_streams_match_sync_engine(model_dir):
 
 
 @pytest.mark.asyncio
-async def test_abort_and_disconnect_free_the_kv_cache(model_dir):
-    eng = AsyncLLM(model_dir, device="cpu", max_model_len=256, max_num_seqs=4)
+async def test_abort_and_disconnect_free_the_kv_cache(qwen3_dir):
+    eng = AsyncLLM(qwen3_dir, device="cpu", max_model_len=256, max_num_seqs=4)
     await eng.start()
     try:
         long = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
@@ -105,8 +99,8 @@ async def test_abort_and_disconnect_free_the_kv_cache(model_dir):
 
 
 @pytest.mark.asyncio
-async def test_many_concurrent_requests_and_drain(model_dir):
-    eng = AsyncLLM(model_dir, device="cpu", max_model_len=128, max_num_seqs=16, num_kvcache_blocks=24)
+async def test_many_concurrent_requests_and_drain(qwen3_dir):
+    eng = AsyncLLM(qwen3_dir, device="cpu", max_model_len=128, max_num_seqs=16, num_kvcache_blocks=24)
     await eng.start()
     prompts = _prompts(40, seed=2)
     sp = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=16, ignore_eos=True, seed=1)
@@ -119,13 +113,13 @@ async def test_many_concurrent_requests_and_drain(model_dir):
 
 
 @pytest.mark.asyncio
-async def test_errors_before_start_and_duplicate_ids(model_dir):
-    eng = AsyncLLM(model_dir, device="cpu", max_model_len=64, max_num_seqs=2)
+async def test_errors_before_start_and_duplicate_ids(qwen3_dir):
+    eng = AsyncLLM(qwen3_dir, device="cpu", max_model_len=64, max_num_seqs=2)
     with pytest.raises(RuntimeError):
         async for _ in eng.generate([1, 2, 3]):
             pass
     with pytest.raises(ValueError):
-        AsyncLLM(model_dir, device="cpu", dtype="int4")
+        AsyncLLM(qwen3_dir, device="cpu", dtype="int4")
     await eng.start()
     try:
         sp = SamplingParams(temperature=0.0, max_tokens=30, ignore_eos=True)

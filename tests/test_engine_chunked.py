@@ -12,11 +12,11 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import pytest
 import torch
 
+from engine_helpers import GREEDY, hf_argmax_check, hf_greedy, hf_reference, mixed_meta, prompts_of
 from qaforge.engine import LLM as _LLM
 from qaforge.engine import SamplingParams
 from qaforge.engine.block_manager import BlockManager
 from qaforge.engine.sequence import Sequence
-from test_engine_core import GREEDY, build_random_qwen3, hf_greedy, hf_reference, prompts_of
 
 
 def LLM(*args, **kwargs):  # noqa: N802 - the engine under test, with chunking on unless a test says off
@@ -27,16 +27,6 @@ BUDGET = 16
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_random_qwen3(tmp_path_factory.mktemp("chunked_rand_qwen3"))
-
-
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
-    return hf_reference(model_dir)
 
 
 def record_batches(llm: LLM) -> list[tuple[int, int, int]]:
@@ -53,18 +43,18 @@ def record_batches(llm: LLM) -> list[tuple[int, int, int]]:
     return seen
 
 
-def test_chunked_equals_unchunked_and_transformers(model_dir, hf_model):
+def test_chunked_equals_unchunked_and_transformers(qwen3_dir, hf_qwen3):
     prompts = prompts_of([5, 17, 33, 50, 1, 70, 16], seed=21)
-    chunked = LLM(model_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=8,
+    chunked = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=8,
                   max_num_batched_tokens=BUDGET)
     steps = record_batches(chunked)
     outs = chunked.generate(prompts, GREEDY)
-    whole = LLM(model_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=8,
+    whole = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=8,
                 enable_chunked_prefill=False)
     assert not whole.scheduler.chunked
     ref_outs = whole.generate(prompts, GREEDY)
     for p, o, r in zip(prompts, outs, ref_outs):
-        assert o.token_ids == r.token_ids == hf_greedy(hf_model, p)
+        assert o.token_ids == r.token_ids == hf_greedy(hf_qwen3, p)
         assert o.finish_reason == "length"
     # every prompt over the budget was split, and chunks ran beside other sequences' decodes
     assert any(d > 0 and c > 0 for d, c, _ in steps)
@@ -77,24 +67,24 @@ def test_chunked_equals_unchunked_and_transformers(model_dir, hf_model):
     assert st["running"] == st["waiting"] == 0 and st["kv_blocks_free"] == st["kv_blocks_total"]
 
 
-def test_chunked_with_preemption(model_dir, hf_model):
+def test_chunked_with_preemption(qwen3_dir, hf_qwen3):
     prompts = prompts_of([20, 35, 28, 41], seed=3)
-    llm = LLM(model_dir, device="cpu", dtype="float32", max_model_len=128, max_num_seqs=4, block_size=16,
+    llm = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=128, max_num_seqs=4, block_size=16,
               num_kvcache_blocks=10, max_num_batched_tokens=BUDGET)
     steps = record_batches(llm)
     outs = llm.generate(prompts, GREEDY)
     assert llm.stats()["num_preemptions"] > 0
     assert any(d > 0 and c > 0 for d, c, _ in steps)
     for p, o in zip(prompts, outs):
-        assert o.token_ids == hf_greedy(hf_model, p)
+        assert o.token_ids == hf_greedy(hf_qwen3, p)
     assert llm.stats()["kv_blocks_free"] == 10
 
 
-def test_chunked_with_prefix_hits(model_dir, hf_model):
+def test_chunked_with_prefix_hits(qwen3_dir, hf_qwen3):
     shared = prompts_of([40], seed=1)[0]
     tails = prompts_of([3, 9, 16, 1], seed=2)
     prompts = [shared + t for t in tails] + [shared[:32]]
-    llm = LLM(model_dir, device="cpu", dtype="float32", max_model_len=512, max_num_seqs=8, block_size=16,
+    llm = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=512, max_num_seqs=8, block_size=16,
               max_num_batched_tokens=BUDGET)
     first = llm.generate(prompts, GREEDY)
     hits1 = llm.stats()["prefix_cache_hit_tokens"]
@@ -103,16 +93,16 @@ def test_chunked_with_prefix_hits(model_dir, hf_model):
     assert llm.stats()["prefix_cache_hit_tokens"] - hits1 > hits1
     assert max(o.num_cached_tokens for o in second) >= 48
     for p, a, b in zip(prompts, first, second):
-        ref = hf_greedy(hf_model, p)
+        ref = hf_greedy(hf_qwen3, p)
         assert a.token_ids == ref and b.token_ids == ref
 
 
-def test_hit_on_a_block_completed_in_the_same_step(model_dir, hf_model):
+def test_hit_on_a_block_completed_in_the_same_step(qwen3_dir, hf_qwen3):
     """B arrives while A's prompt is still chunked; in the step that computes A's last blocks B hits them
     all (every layer stores the batch's KV before attention reads it), and its tokens stay exact."""
     a = prompts_of([64], seed=31)[0]
     b = a + [7]
-    llm = LLM(model_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=4, block_size=16,
+    llm = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=4, block_size=16,
               max_num_batched_tokens=48)
     sp = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     sa = llm.add_request(a, sp)
@@ -124,8 +114,8 @@ def test_hit_on_a_block_completed_in_the_same_step(model_dir, hf_model):
     assert sb.num_cached_tokens == 64
     while not llm.is_finished():
         llm.step()
-    assert sa.completion_token_ids == hf_greedy(hf_model, a, 16)
-    assert sb.completion_token_ids == hf_greedy(hf_model, b, 16)
+    assert sa.completion_token_ids == hf_greedy(hf_qwen3, a, 16)
+    assert sb.completion_token_ids == hf_greedy(hf_qwen3, b, 16)
 
 
 def test_uncomputed_blocks_are_not_hits():
@@ -147,7 +137,7 @@ def test_uncomputed_blocks_are_not_hits():
     assert a.num_computed_tokens == 0 and a.block_hashes == []
 
 
-def test_chunked_async_streams_match_sync(model_dir):
+def test_chunked_async_streams_match_sync(qwen3_dir):
     """AsyncLLM with a tiny budget: requests joining mid-generation are chunked beside running decodes."""
     import asyncio
 
@@ -156,12 +146,12 @@ def test_chunked_async_streams_match_sync(model_dir):
     prompts = prompts_of([30, 45, 8, 60], seed=41)
     sp = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     kw = dict(device="cpu", dtype="float32", max_model_len=256, max_num_seqs=4, max_num_batched_tokens=BUDGET)
-    ref = [o.token_ids for o in LLM(model_dir, enable_chunked_prefill=False,
+    ref = [o.token_ids for o in LLM(qwen3_dir, enable_chunked_prefill=False,
                                      **{k: v for k, v in kw.items() if k != "max_num_batched_tokens"})
            .generate(prompts, sp)]
 
     async def go():
-        eng = AsyncLLM(model_dir, enable_chunked_prefill=True, **kw)
+        eng = AsyncLLM(qwen3_dir, enable_chunked_prefill=True, **kw)
         await eng.start()
 
         async def one(i):
@@ -178,25 +168,6 @@ def test_chunked_async_streams_match_sync(model_dir):
     assert asyncio.run(go()) == ref
 
 
-def _mixed_meta(ctx, ql, bs, nb, dev, g):
-    """A paged batch (decode rows first) and its metas: full (torch) and split into parts (Triton)."""
-    from qaforge.engine.layers.attn_meta import AttnMeta
-    nblk = [-(-c // bs) for c in ctx]
-    perm = torch.randperm(nb, device=dev, generator=g)
-    bt = torch.zeros(len(ctx), 16 * (-(-max(nblk) // 16)), dtype=torch.int64, device=dev)
-    off = 0
-    for i, n in enumerate(nblk):
-        bt[i, :n] = perm[off:off + n]
-        off += n
-    cu = torch.tensor([0] + torch.tensor(ql).cumsum(0).tolist(), device=dev)
-    ctx_t = torch.tensor(ctx, device=dev)
-    nd = sum(1 for q in ql if q == 1)
-    parts = (AttnMeta(False, None, ctx_t[:nd].clone(), bt[:nd].clone(), cu[:nd + 1].clone(), 1, max(ctx)),
-             AttnMeta(True, None, ctx_t[nd:].clone(), bt[nd:].clone(), cu[nd:].clone(), max(ql[nd:]), max(ctx)))
-    full = AttnMeta(True, None, ctx_t, bt, cu, max(ql), max(ctx))
-    return full, AttnMeta(True, None, ctx_t, bt, cu, max(ql), max(ctx), parts)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the Triton kernels)")
 def test_triton_mixed_step_attention_matches_torch_bf16():
@@ -209,7 +180,7 @@ def test_triton_mixed_step_attention_matches_torch_bf16():
         NB = sum(-(-c // BS) for c in ctx) + 10
         kc = torch.randn(NB + 1, BS, KVH, D, device=dev, dtype=dt, generator=g)
         vc = torch.randn_like(kc)
-        full, mixed = _mixed_meta(ctx, ql, BS, NB, dev, g)
+        full, mixed = mixed_meta(ctx, ql, BS, NB, dev, g)
         q = torch.randn(sum(ql), H, D, device=dev, dtype=dt, generator=g)
         ref = torch_ops.paged_attention(q, kc, vc, full, D ** -0.5).double()
         out = triton_ops.paged_attention(q, kc, vc, mixed, D ** -0.5).double()
@@ -218,21 +189,17 @@ def test_triton_mixed_step_attention_matches_torch_bf16():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (Triton kernels, CUDA graphs)")
-def test_chunked_on_gpu_bf16_agrees_with_transformers(model_dir):
+def test_chunked_on_gpu_bf16_agrees_with_transformers(qwen3_dir):
     """The CUDA path with a 16-token budget (mixed steps through the split kernels, decode graphs captured
     lazily) against HF's fp32 argmax on the same sequences; a miss only where fp32's top two are close."""
-    hf = hf_reference(model_dir).cuda()
-    llm = LLM(model_dir, device="cuda", dtype="bfloat16", max_model_len=512, max_num_seqs=64,
+    hf = hf_reference(qwen3_dir).cuda()
+    llm = LLM(qwen3_dir, device="cuda", dtype="bfloat16", max_model_len=512, max_num_seqs=64,
               max_num_batched_tokens=BUDGET, gpu_memory_utilization=0.3)
     assert llm.runner.backend == "triton" and llm.runner.graphs
     prompts = prompts_of([5, 17, 33, 50, 130] * 8, seed=30)   # 40 rows: a graph size captured on first use
     agree = total = 0
     for p, o in zip(prompts, llm.generate(prompts, GREEDY)):
-        with torch.no_grad():
-            logits = hf(torch.tensor([p + o.token_ids], device="cuda")).logits[0, len(p) - 1: -1].float()
-        top2 = logits.topk(2, dim=-1).values
-        clear = (top2[:, 0] - top2[:, 1] > 1.0).tolist()
-        for want, got, c in zip(logits.argmax(-1).tolist(), o.token_ids, clear):
+        for want, got, c in hf_argmax_check(hf, p, o.token_ids):
             assert got == want or not c
             agree += int(got == want)
             total += 1
@@ -240,7 +207,7 @@ def test_chunked_on_gpu_bf16_agrees_with_transformers(model_dir):
     assert 48 not in llm.runner.startup_graphs and 48 in llm.runner.graphs  # captured on first use
 
 
-def test_chunked_penalty_and_seeded_sampling_equal_unchunked(model_dir):
+def test_chunked_penalty_and_seeded_sampling_equal_unchunked(qwen3_dir):
     """The sampler sees a chunked prompt only once it is complete: repetition penalty (seen ids filled from the
     whole prompt) and seeded sampling give the unchunked engine's tokens."""
     prompts = prompts_of([40, 9, 70], seed=51)
@@ -248,19 +215,19 @@ def test_chunked_penalty_and_seeded_sampling_equal_unchunked(model_dir):
               SamplingParams(temperature=0.9, top_k=20, max_tokens=20, seed=5, ignore_eos=True),
               SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True, repetition_penalty=1.3)]
     kw = dict(device="cpu", dtype="float32", max_model_len=256, max_num_seqs=4)
-    a = LLM(model_dir, max_num_batched_tokens=BUDGET, **kw).generate(prompts, params)
-    b = LLM(model_dir, enable_chunked_prefill=False, **kw).generate(prompts, params)
+    a = LLM(qwen3_dir, max_num_batched_tokens=BUDGET, **kw).generate(prompts, params)
+    b = LLM(qwen3_dir, enable_chunked_prefill=False, **kw).generate(prompts, params)
     assert [o.token_ids for o in a] == [o.token_ids for o in b]
-    plain = LLM(model_dir, enable_chunked_prefill=False, **kw).generate(
+    plain = LLM(qwen3_dir, enable_chunked_prefill=False, **kw).generate(
         [prompts[0]], SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True))[0].token_ids
     assert a[0].token_ids != plain  # the penalty really acted
 
 
-def test_mixed_step_parts_describe_the_same_batch(model_dir):
+def test_mixed_step_parts_describe_the_same_batch(qwen3_dir):
     """The runner's split of a mixed step (what the Triton path runs: decode rows, then prompt chunks with
     offsets into the whole batch) gives the same attention as the whole batch, here through the torch op."""
     from qaforge.engine.layers import torch_ops
-    llm = LLM(model_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=4,
+    llm = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=256, max_num_seqs=4,
               max_num_batched_tokens=BUDGET)
     sp = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     seqs = [llm.add_request(p, sp) for p in prompts_of([5, 6, 40], seed=61)]

@@ -8,12 +8,10 @@ from pathlib import Path
 if str(Path(__file__).resolve().parents[1]) not in sys.path:  # runnable before the project's pytest config exists
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import random
-import weakref
-
 import pytest
 import torch
 
+from engine_helpers import GREEDY, N_NEW, hf_greedy, prompts_of
 from qaforge.engine import LLM, SamplingParams
 from qaforge.engine.block_manager import BlockManager
 from qaforge.engine.config import EngineConfig
@@ -21,80 +19,26 @@ from qaforge.engine.layers import torch_ops
 from qaforge.engine.layers.attn_meta import AttnMeta
 from qaforge.engine.sequence import Sequence
 
-N_NEW = 64
-# references per HF model object (weakly held: an id() key could be reused by a later module's model)
-_REF: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def build_random_qwen3(path) -> str:
-    """A random Qwen3ForCausalLM (hidden 128, 4 layers, 4 q / 2 kv heads, head_dim 64, vocab 1000)."""
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-    cfg = Qwen3Config(vocab_size=1000, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=4096,
-                      tie_word_embeddings=True, eos_token_id=2, bos_token_id=1, initializer_range=0.1)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(cfg).save_pretrained(str(path))
-    return str(path)
-
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_random_qwen3(tmp_path_factory.mktemp("engine_rand_qwen3"))
-
-
-def hf_reference(model_dir):
-    """transformers' fp32 model of a directory, with EOS off so `generate` runs the full length."""
-    from transformers import AutoModelForCausalLM
-    m = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    m.generation_config.eos_token_id = None
-    return m
-
-
-@pytest.fixture(scope="module")
-def hf_model(model_dir):
-    return hf_reference(model_dir)
-
-
-def hf_greedy(hf, prompt: list[int], n: int = N_NEW, **generate_kwargs) -> list[int]:
-    """transformers' greedy `generate` continuation of `prompt` (cached per model, prompt and kwargs)."""
-    refs = _REF.setdefault(hf, {})
-    key = (tuple(prompt), n, tuple(sorted(generate_kwargs.items())))
-    if key not in refs:
-        with torch.no_grad():
-            out = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                              max_new_tokens=n, do_sample=False, pad_token_id=0, **generate_kwargs)
-        refs[key] = out[0, len(prompt):].tolist()
-    return refs[key]
-
-
-def prompts_of(lengths, seed=0, vocab=1000):
-    r = random.Random(seed)
-    return [[r.randint(3, vocab - 1) for _ in range(n)] for n in lengths]
-
-
-GREEDY = SamplingParams(temperature=0.0, max_tokens=N_NEW, ignore_eos=True)
-
-
-def test_greedy_matches_transformers_batch(model_dir, hf_model):
+def test_greedy_matches_transformers_batch(qwen3_dir, hf_qwen3):
     prompts = prompts_of([5, 17, 33, 50, 1])
-    llm = LLM(model_dir, device="cpu", dtype="float32", max_model_len=512, max_num_seqs=8)
+    llm = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=512, max_num_seqs=8)
     outs = llm.generate(prompts, GREEDY)
     for p, o in zip(prompts, outs):
-        assert o.token_ids == hf_greedy(hf_model, p)
+        assert o.token_ids == hf_greedy(hf_qwen3, p)
         assert o.finish_reason == "length" and len(o.token_ids) == N_NEW
         assert o.prompt_token_ids == p
     st = llm.stats()
     assert st["running"] == st["waiting"] == 0 and st["kv_blocks_free"] == st["kv_blocks_total"]
 
 
-def test_prefix_cache_hits_match_transformers(model_dir, hf_model):
+def test_prefix_cache_hits_match_transformers(qwen3_dir, hf_qwen3):
     shared = prompts_of([40], seed=1)[0]
     tails = prompts_of([3, 9, 16, 1], seed=2)
     prompts = [shared + t for t in tails] + [shared[:32]]  # the last one is exactly two blocks long
-    llm = LLM(model_dir, device="cpu", dtype="float32", max_model_len=512, max_num_seqs=8, block_size=16)
+    llm = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=512, max_num_seqs=8, block_size=16)
     first = llm.generate(prompts, GREEDY)          # hits inside one prefill batch
     hits1 = llm.stats()["prefix_cache_hit_tokens"]
     second = llm.generate(prompts, GREEDY)         # hits on freed, still-cached blocks
@@ -103,32 +47,32 @@ def test_prefix_cache_hits_match_transformers(model_dir, hf_model):
     assert hits2 > hits1
     assert max(o.num_cached_tokens for o in second) >= 48  # whole prompt blocks hit
     for p, a, b in zip(prompts, first, second):
-        ref = hf_greedy(hf_model, p)
+        ref = hf_greedy(hf_qwen3, p)
         assert a.token_ids == ref
         assert b.token_ids == ref
 
 
-def test_preemption_with_tiny_kv_cache_matches_transformers(model_dir, hf_model):
+def test_preemption_with_tiny_kv_cache_matches_transformers(qwen3_dir, hf_qwen3):
     prompts = prompts_of([20, 35, 28, 41], seed=3)
-    llm = LLM(model_dir, device="cpu", dtype="float32", max_model_len=128, max_num_seqs=4, block_size=16,
+    llm = LLM(qwen3_dir, device="cpu", dtype="float32", max_model_len=128, max_num_seqs=4, block_size=16,
               num_kvcache_blocks=10)
     outs = llm.generate(prompts, GREEDY)
     assert llm.stats()["num_preemptions"] > 0
     for p, o in zip(prompts, outs):
-        assert o.token_ids == hf_greedy(hf_model, p)
+        assert o.token_ids == hf_greedy(hf_qwen3, p)
     assert llm.stats()["kv_blocks_free"] == 10
 
 
-def test_prefix_cache_off_and_block_size_8(model_dir, hf_model):
+def test_prefix_cache_off_and_block_size_8(qwen3_dir, hf_qwen3):
     prompts = prompts_of([12, 30], seed=4)
-    llm = LLM(model_dir, device="cpu", max_model_len=256, max_num_seqs=2, block_size=8, enable_prefix_caching=False)
+    llm = LLM(qwen3_dir, device="cpu", max_model_len=256, max_num_seqs=2, block_size=8, enable_prefix_caching=False)
     for p, o in zip(prompts, llm.generate(prompts + prompts, GREEDY)):
-        assert o.token_ids == hf_greedy(hf_model, p)
+        assert o.token_ids == hf_greedy(hf_qwen3, p)
     assert llm.stats()["prefix_cache_hit_tokens"] == 0
 
 
-def test_sampling_seeded_top_k_top_p(model_dir):
-    llm = LLM(model_dir, device="cpu", max_model_len=256, max_num_seqs=8)
+def test_sampling_seeded_top_k_top_p(qwen3_dir):
+    llm = LLM(qwen3_dir, device="cpu", max_model_len=256, max_num_seqs=8)
     p = prompts_of([10, 20, 7], seed=5)
     greedy = [o.token_ids for o in llm.generate(p, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))]
     sp = SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_tokens=16, seed=7, ignore_eos=True)
@@ -148,12 +92,12 @@ def test_sampling_seeded_top_k_top_p(model_dir):
     assert len({tuple(o.token_ids) for o in hot}) > 1
 
 
-def test_stop_conditions(model_dir, hf_model):
+def test_stop_conditions(qwen3_dir, hf_qwen3):
     p = prompts_of([15], seed=6)[0]
-    ref = hf_greedy(hf_model, p)
+    ref = hf_greedy(hf_qwen3, p)
     stop = ref[5]
     first = ref.index(stop)
-    llm = LLM(model_dir, device="cpu", max_model_len=256, max_num_seqs=4)
+    llm = LLM(qwen3_dir, device="cpu", max_model_len=256, max_num_seqs=4)
     o = llm.generate([p], SamplingParams(temperature=0, max_tokens=64, stop_token_ids=[stop]))[0]
     assert o.finish_reason == "stop" and o.token_ids == ref[: first + 1]
     o = llm.generate([p], SamplingParams(temperature=0, max_tokens=7))[0]
@@ -166,13 +110,13 @@ def test_stop_conditions(model_dir, hf_model):
     o = llm.generate([p], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0]
     assert o.finish_reason == "length" and len(o.token_ids) == 12
     # max_model_len caps prompt + output
-    short = LLM(model_dir, device="cpu", max_model_len=32, max_num_seqs=2)
+    short = LLM(qwen3_dir, device="cpu", max_model_len=32, max_num_seqs=2)
     o = short.generate([p], SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))[0]
     assert o.finish_reason == "length" and len(p) + len(o.token_ids) == 32
 
 
-def test_validation(model_dir):
-    llm = LLM(model_dir, device="cpu", max_model_len=64, max_num_seqs=2)
+def test_validation(qwen3_dir):
+    llm = LLM(qwen3_dir, device="cpu", max_model_len=64, max_num_seqs=2)
     for bad in ([], [1] * 64, [1, 1000], [1, -1], [1, 2.0]):
         with pytest.raises(ValueError):
             llm.generate([bad], SamplingParams(max_tokens=4))
@@ -181,23 +125,23 @@ def test_validation(model_dir):
             SamplingParams(**kw)
     assert SamplingParams(top_k=-1).top_k == 0
     with pytest.raises(ValueError):
-        EngineConfig(model=model_dir, dtype="int8")
+        EngineConfig(model=qwen3_dir, dtype="int8")
     with pytest.raises(ValueError):
-        EngineConfig(model=model_dir, device="tpu")
+        EngineConfig(model=qwen3_dir, device="tpu")
     with pytest.raises(ValueError):
-        EngineConfig(model=model_dir, max_model_len=10**6)
+        EngineConfig(model=qwen3_dir, max_model_len=10**6)
     with pytest.raises(ValueError):
-        EngineConfig(model=model_dir, max_model_len=256, num_kvcache_blocks=3)
+        EngineConfig(model=qwen3_dir, max_model_len=256, num_kvcache_blocks=3)
     with pytest.raises(ValueError):
         EngineConfig(model="/nonexistent")
-    cfg = EngineConfig(model=model_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100,
+    cfg = EngineConfig(model=qwen3_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100,
                        enable_chunked_prefill=False)
     assert cfg.max_num_batched_tokens == 4096 and cfg.dtype == "float32"  # whole prompts must fit one step
-    cfg = EngineConfig(model=model_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100,
+    cfg = EngineConfig(model=qwen3_dir, device="cpu", max_model_len=4096, max_num_batched_tokens=100,
                        enable_chunked_prefill=True)
     assert cfg.max_num_batched_tokens == 100 and cfg.enable_chunked_prefill  # chunked: a budget, not a cap
     with pytest.raises(ValueError, match="enable_chunked_prefill"):
-        EngineConfig(model=model_dir, device="cpu", enable_chunked_prefill="yes")
+        EngineConfig(model=qwen3_dir, device="cpu", enable_chunked_prefill="yes")
     assert len(llm.generate([1, 2, 3], SamplingParams(max_tokens=3))) == 1  # a single prompt
 
 
@@ -287,10 +231,10 @@ def test_tiny_model_greedy_matches_transformers(request):
         assert o.token_ids == hf_greedy(hf, p)
 
 
-def test_sampler_chunks_large_batches(model_dir, monkeypatch):
+def test_sampler_chunks_large_batches(qwen3_dir, monkeypatch):
     from qaforge.engine.sampler import Sampler
     monkeypatch.setattr(Sampler, "CHUNK", 2)
-    llm = LLM(model_dir, device="cpu", max_model_len=128, max_num_seqs=8)
+    llm = LLM(qwen3_dir, device="cpu", max_model_len=128, max_num_seqs=8)
     p = prompts_of([5, 6, 7, 8, 9], seed=10)
     sp = SamplingParams(temperature=0.9, top_k=20, max_tokens=6, seed=3, ignore_eos=True)
     batched = [o.token_ids for o in llm.generate(p, sp)]

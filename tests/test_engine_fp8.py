@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine_helpers import prompts_of, random_block_table
 from qaforge.engine import LLM, EngineConfig, SamplingParams
 from qaforge.engine.layers import fp8, torch_ops
 from qaforge.engine.layers.attn_meta import AttnMeta
@@ -62,12 +63,35 @@ def engine(model_dir, **kw) -> LLM:
 
 
 def all_logits(llm: LLM, seq: list[int]) -> torch.Tensor:
-    """Logits at every position of seq (one prefill through the engine's model and its KV cache)."""
+    """Logits at every position of seq (one prefill through the engine's model and its KV cache), in fp32."""
     r, n = llm.runner, len(seq)
-    bt = torch.arange(-(-n // r.block_size)).view(1, -1)
-    meta = AttnMeta(True, torch.arange(n), torch.tensor([n]), bt, torch.tensor([0, n]), n, n)
+    dev = r.device
+    bt = torch.arange(-(-n // r.block_size), device=dev).view(1, -1)
+    meta = AttnMeta(True, torch.arange(n, device=dev), torch.tensor([n], device=dev), bt,
+                    torch.tensor([0, n], device=dev), n, n)
     with torch.inference_mode():
-        return r.model.compute_logits(r.model.forward(torch.tensor(seq), torch.arange(n), meta, r.kv_cache)).float()
+        h = r.model.forward(torch.tensor(seq, device=dev), torch.arange(n, device=dev), meta, r.kv_cache)
+        return r.model.compute_logits(h).float()
+
+
+def agreement(ref: LLM, other: LLM, prompts) -> tuple[float, float, float]:
+    """Teacher forcing on ref's own greedy sequences: (argmax agreement over the generated positions, worst
+    relative logit error over whole sequences, largest reference top-2 margin at a miss: near 0 when every
+    miss is a near-tie)."""
+    agree = total = 0
+    worst = miss_margin = 0.0
+    for p, o in zip(prompts, ref.generate(prompts, GREEDY)):
+        seq = p + o.token_ids
+        l0, l1 = all_logits(ref, seq), all_logits(other, seq)
+        worst = max(worst, float((l1 - l0).norm() / l0.norm()))
+        g0, g1 = l0[len(p) - 1:-1], l1[len(p) - 1:-1]
+        miss = g1.argmax(-1) != g0.argmax(-1)
+        if miss.any():
+            top2 = g0.topk(2, dim=-1).values
+            miss_margin = max(miss_margin, float((top2[:, 0] - top2[:, 1])[miss].max()))
+        agree += int((~miss).sum())
+        total += len(miss)
+    return agree / total, worst, miss_margin
 
 
 def equal_prefix(a: list[int], b: list[int]) -> int:
@@ -171,22 +195,9 @@ def test_fp8_kv_greedy_stays_close_to_fp32_cache(tiny_model_dir, corpus_prompts)
     assert low.runner.kv_cache.dtype == fp8.FP8
 
 
-def _teacher_forced(ref: LLM, other: LLM, prompts) -> tuple[float, float]:
-    """(argmax agreement over the generated positions, worst relative logit error) on ref's own sequences."""
-    agree = total = 0
-    worst = 0.0
-    for p, o in zip(prompts, ref.generate(prompts, GREEDY)):
-        seq = p + o.token_ids
-        l0, l1 = all_logits(ref, seq), all_logits(other, seq)
-        worst = max(worst, float((l1 - l0).norm() / l0.norm()))
-        agree += int((l1[len(p) - 1:-1].argmax(-1) == l0[len(p) - 1:-1].argmax(-1)).sum())
-        total += len(o.token_ids)
-    return agree / total, worst
-
-
 def test_fp8_kv_teacher_forced_logits_close(tiny_model_dir, corpus_prompts):
-    agree, worst = _teacher_forced(engine(tiny_model_dir), engine(tiny_model_dir, kv_cache_dtype="fp8"),
-                                   corpus_prompts)
+    agree, worst, _ = agreement(engine(tiny_model_dir), engine(tiny_model_dir, kv_cache_dtype="fp8"),
+                                corpus_prompts)
     # measured: 96.5 % agreement, worst relative logit error 3.1 % (bf16 compute: 98.4 %, 0.8 %)
     assert agree >= 0.94 and worst < 0.045, (agree, worst)
 
@@ -221,11 +232,11 @@ def test_fp8_weights_load_and_logits_stay_close(tiny_model_dir, corpus_prompts):
     assert m.embed.dtype == m.lm_head.dtype == torch.float32  # embed / lm_head are not quantised
     info = low.runner.fp8_info
     assert info["gemm"] == "emulated" and info["linear_bytes_after"] < info["linear_bytes_before"] / 3.9
-    agree, worst = _teacher_forced(ref, low, corpus_prompts)
+    agree, worst, _ = agreement(ref, low, corpus_prompts)
     # measured: 95.0 % agreement, worst relative logit error 4.0 %
     assert agree >= 0.92 and worst < 0.06, (agree, worst)
     both = engine(tiny_model_dir, quantization="fp8", kv_cache_dtype="fp8")
-    agree, worst = _teacher_forced(ref, both, corpus_prompts)
+    agree, worst, _ = agreement(ref, both, corpus_prompts)
     # measured: 94.1 % agreement, worst relative logit error 4.9 %
     assert agree >= 0.91 and worst < 0.07, (agree, worst)
     outs = both.generate(corpus_prompts, GREEDY)
@@ -244,17 +255,6 @@ def test_triton_kernels_with_fp8_cache_in_the_interpreter():
 
 
 # ---------------------------------------------------------------- GPU (H200 or any card with compute capability >= 8.9)
-def gpu_logits(llm: LLM, seq: list[int]) -> torch.Tensor:
-    r, n = llm.runner, len(seq)
-    dev = r.device
-    bt = torch.arange(-(-n // r.block_size), device=dev).view(1, -1)
-    meta = AttnMeta(True, torch.arange(n, device=dev), torch.tensor([n], device=dev), bt,
-                    torch.tensor([0, n], device=dev), n, n)
-    with torch.inference_mode():
-        h = r.model.forward(torch.tensor(seq, device=dev), torch.arange(n, device=dev), meta, r.kv_cache)
-        return r.model.compute_logits(h).float()
-
-
 @pytest.mark.parametrize("with_norm", [True, False], ids=["qwen3_norm", "qwen2_no_norm"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
@@ -290,13 +290,7 @@ def test_gpu_triton_kernels_with_fp8_cache_bf16(with_norm):
     assert float(got[1].view(-1, KVH, D)[slots[7], 0, 3]) == 448.0  # the outlier saturated
     # attention over the fp8 cache: prefill with prefix hits, decode with and without context splits
     ctx, ql = [37, 300, 1, 129, 1024, 700], [37, 100, 1, 64, 1024, 3]
-    nblk = [-(-c // BS) for c in ctx]
-    perm = torch.randperm(NB, device=dev, generator=g)
-    bt = torch.zeros(len(ctx), max(nblk), dtype=torch.int64, device=dev)
-    off = 0
-    for i, n in enumerate(nblk):
-        bt[i, :n] = perm[off:off + n]
-        off += n
+    bt = random_block_table(ctx, BS, NB, dev, g)
     kc = (torch.randn(NB + 1, BS, KVH, D, device=dev, generator=g) * 2).to(fp8.FP8)
     vc = (torch.randn(NB + 1, BS, KVH, D, device=dev, generator=g) * 2).to(fp8.FP8)
     ctx_t = torch.tensor(ctx, device=dev)
@@ -316,35 +310,16 @@ def test_gpu_triton_kernels_with_fp8_cache_bf16(with_norm):
     assert torch.allclose(s1, s2, rtol=1e-6) and within_e4m3(q1.float(), q2.float(), ulps=2.0)
 
 
-def _agreement(ref: LLM, other: LLM, prompts) -> tuple[float, float, float]:
-    """(teacher-forced argmax agreement, worst relative logit error, largest reference top-2 margin at a miss)."""
-    agree = total = 0
-    worst = miss_margin = 0.0
-    for p, o in zip(prompts, ref.generate(prompts, GREEDY)):
-        seq = p + o.token_ids
-        l0, l1 = gpu_logits(ref, seq)[len(p) - 1:-1], gpu_logits(other, seq)[len(p) - 1:-1]
-        top2 = l0.topk(2, dim=-1).values
-        miss = l1.argmax(-1) != l0.argmax(-1)
-        if miss.any():
-            miss_margin = max(miss_margin, float((top2[:, 0] - top2[:, 1])[miss].max()))
-        agree += int((~miss).sum())
-        total += len(miss)
-        worst = max(worst, float((l1 - l0).norm() / l0.norm()))
-    return agree / total, worst, miss_margin
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="needs a CUDA GPU with fp8 (compute capability >= 8.9)")
-def test_gpu_fp8_engine_agrees_with_bf16(tmp_path):
+def test_gpu_fp8_engine_agrees_with_bf16(qwen3_dir):
     """The whole CUDA path (Triton kernels, CUDA-graph decode) with an fp8 KV cache, fp8 weights through
     torch._scaled_mm, and both, against the bf16 engine on a random Qwen3 (teacher forcing on bf16's greedy
     tokens). This random model amplifies any rounding (bf16 alone moves its logits 1.8 % from fp32; its median
     top-2 margin is 0.22), so the bounds are loose; measured with the torch ops in bf16 on CPU: fp8 KV 89.8 %
     (worst logit error 6.9 %), fp8 weights 75.8 % (17 %), both 73.2 % (19 %)."""
-    sys.path.insert(0, str(HERE))
-    from test_engine_core import build_random_qwen3, prompts_of
-    d = build_random_qwen3(tmp_path / "rand_qwen3")
+    d = qwen3_dir
     prompts = prompts_of([5, 17, 33, 50, 130, 9, 70, 200], seed=30)
     kw = dict(device="cuda", dtype="bfloat16", max_model_len=512, max_num_seqs=16, gpu_memory_utilization=0.3)
     ref = LLM(d, **kw)
@@ -358,7 +333,7 @@ def test_gpu_fp8_engine_agrees_with_bf16(tmp_path):
             assert llm.runner.fp8_info["gemm"] == "scaled_mm", llm.runner.fp8_info
         if "kv_cache_dtype" in extra:
             assert llm.runner.kv_cache.dtype == fp8.FP8 and llm.runner.num_blocks > 1.8 * ref.runner.num_blocks
-        results[name] = _agreement(ref, llm, prompts) + (bound,)
+        results[name] = agreement(ref, llm, prompts) + (bound,)
         outs = llm.generate(prompts, GREEDY)  # CUDA-graph decode runs and finishes every request
         assert all(len(o.token_ids) == GREEDY.max_tokens for o in outs)
         del llm

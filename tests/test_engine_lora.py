@@ -5,12 +5,13 @@ prefix-cache blocks are keyed by adapter, and adapters that do not fit are refus
 from __future__ import annotations
 
 import json
-import random
 import shutil
 
 import pytest
 import torch
 
+import engine_helpers
+from engine_helpers import hf_reference
 from lora_helpers import adapters_and_merged
 from qaforge.engine import LLM, SamplingParams
 from qaforge.engine.layers.lora import LoraError, load_adapter, module_shapes
@@ -30,29 +31,16 @@ def built(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_refs(tiny_model_dir, built):
     """name -> transformers fp32 model: the base (None) and each merged adapter."""
-    from transformers import AutoModelForCausalLM
-
     dirs = {None: tiny_model_dir, **built[1]}
-    return {k: AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval() for k, d in dirs.items()}
-
-
-_CACHE: dict = {}
+    return {k: hf_reference(d) for k, d in dirs.items()}
 
 
 def hf_greedy(hf_refs, name, prompt: list[int]) -> list[int]:
-    key = (name, tuple(prompt))
-    if key not in _CACHE:
-        with torch.no_grad():
-            out = hf_refs[name].generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                         max_new_tokens=N_NEW, min_new_tokens=N_NEW, do_sample=False,
-                                         pad_token_id=0, eos_token_id=None)
-        _CACHE[key] = out[0, len(prompt):].tolist()
-    return _CACHE[key]
+    return engine_helpers.hf_greedy(hf_refs[name], prompt, N_NEW)
 
 
-def prompts_of(lengths, seed=0, vocab=4000):
-    r = random.Random(seed)
-    return [[r.randint(10, vocab - 1) for _ in range(n)] for n in lengths]
+def prompts_of(lengths, seed=0):
+    return engine_helpers.prompts_of(lengths, seed, vocab=4000, low=10)  # inside the tiny model's 4,096 ids
 
 
 def engine(base, adapters, **kw) -> LLM:

@@ -16,44 +16,13 @@ import shutil
 import pytest
 import torch
 
+from engine_helpers import GREEDY, N_NEW, hf_argmax_check, hf_greedy, hf_reference, prompts_of
 from qaforge.engine import LLM, EngineConfig, SamplingParams
 from qaforge.engine.layers import torch_ops
-from test_engine_core import GREEDY, N_NEW, hf_greedy, hf_reference, prompts_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
 PENALTY = 1.3
-
-
-def build_random_qwen2(path) -> str:
-    """A random Qwen2ForCausalLM shaped like Qwen2.5-0.5B in miniature: q/k/v biases, GQA (4 q / 2 kv heads),
-    head_dim 64, tied embeddings, rope_theta 1e6. transformers initializes biases to zero and norms to one,
-    which would let a dropped bias or a stray q/k norm pass unnoticed: both are randomized."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-    cfg = Qwen2Config(vocab_size=1000, hidden_size=256, intermediate_size=384, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, rope_theta=1e6,
-                      max_position_embeddings=4096, tie_word_embeddings=True, use_sliding_window=False,
-                      eos_token_id=2, bos_token_id=1, initializer_range=0.1)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("_proj.bias"):
-                p.normal_(0.0, 0.5)
-            elif name.endswith("norm.weight"):
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-    model.save_pretrained(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def qwen2_dir(tmp_path_factory):
-    return build_random_qwen2(tmp_path_factory.mktemp("engine_rand_qwen2"))
-
-
-@pytest.fixture(scope="module")
-def hf_qwen2(qwen2_dir):
-    return hf_reference(qwen2_dir)
 
 
 def test_qwen2_loads_as_its_family(qwen2_dir):
@@ -293,11 +262,7 @@ def test_qwen2_on_gpu_bf16_agrees_with_transformers(qwen2_dir):
     prompts = prompts_of([5, 17, 33, 50, 130], seed=30)
     agree = total = decisive = 0
     for p, o in zip(prompts, llm.generate(prompts, GREEDY)):
-        with torch.no_grad():
-            logits = hf(torch.tensor([p + o.token_ids], device="cuda")).logits[0, len(p) - 1: -1].float()
-        top2 = logits.topk(2, dim=-1).values
-        clear = (top2[:, 0] - top2[:, 1] > 1.0).tolist()
-        for want, got, c in zip(logits.argmax(-1).tolist(), o.token_ids, clear):
+        for want, got, c in hf_argmax_check(hf, p, o.token_ids):
             assert got == want or not c, (p, o.token_ids)
             agree += int(got == want)
             decisive += int(c)

@@ -13,29 +13,24 @@ import httpx
 import openai
 import pytest
 
-from qaforge.serve.launcher import start_server
 from qaforge.serve.settings import ServeSettings
-from serve_helpers import FAST_ENV, model_dir
+from serve_helpers import openai_client, serve_tiny
 
 KEY = "sk-qaforge-test-4f1d9c2e7b"
 WRONG = "sk-qaforge-wrong-0a9b8c7d"
 
 
-def _server(request, tmp_path_factory, *args: str, env: dict | None = None):
-    return start_server(str(model_dir(request, tmp_path_factory)), engine="native",
-                        env=dict(FAST_ENV, QAFORGE_LOG_LEVEL="debug", **(env or {})),
-                        args=list(args), ready_timeout=300)
+DEBUG = {"QAFORGE_LOG_LEVEL": "debug"}  # the key must not show even in the most verbose log
 
 
 @pytest.fixture(scope="module")
 def keyed(request, tmp_path_factory):
-    srv = _server(request, tmp_path_factory, "--api-key", KEY)
-    yield srv
-    srv.stop()
+    with serve_tiny(request, tmp_path_factory, env=DEBUG, args=["--api-key", KEY]) as srv:
+        yield srv
 
 
 def _client(url: str, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+    return openai_client(url, api_key=key)
 
 
 def _chat(client: openai.OpenAI):
@@ -96,8 +91,8 @@ def test_the_key_never_appears_in_the_log(keyed):
 
 
 def test_protect_grader_guards_the_grader_routes_but_not_health(request, tmp_path_factory):
-    srv = _server(request, tmp_path_factory, "--protect-grader", env={"QAFORGE_API_KEY": KEY})
-    try:
+    with serve_tiny(request, tmp_path_factory, env={**DEBUG, "QAFORGE_API_KEY": KEY},
+                    args=["--protect-grader"]) as srv:
         url = srv.base_url
         assert httpx.get(url + "/").status_code == 401
         assert httpx.post(url + "/predict", json={"prompt": "warp"}).status_code == 401
@@ -120,8 +115,6 @@ def test_protect_grader_guards_the_grader_routes_but_not_health(request, tmp_pat
                                    env={**os.environ, "QAFORGE_API_KEY": KEY})
         assert refused.returncode != 0 and keyed_run.returncode == 0, (refused.stdout[-800:], keyed_run.stdout[-2000:])
         assert KEY not in srv.log_tail(10**7)
-    finally:
-        srv.stop()
 
 
 def test_settings_hide_the_key_and_check_it():

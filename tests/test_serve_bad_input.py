@@ -6,21 +6,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from qaforge.serve.launcher import running_server
-from serve_helpers import FAST_ENV, metric_value, model_dir
+from serve_helpers import metric_value, serve_tiny
 
 
 @pytest.fixture(scope="module")
-def url(request, tmp_path_factory):
-    env = dict(FAST_ENV, QAFORGE_MAX_BATCH="8", QAFORGE_MAX_PENDING="16")
-    with running_server(str(model_dir(request, tmp_path_factory)), engine="native", env=env,
-                        ready_timeout=300) as base_url:
-        yield base_url
-
-
-@pytest.fixture(scope="module")
-def model(url) -> str:
-    return httpx.get(url + "/v1/models").json()["data"][0]["id"]
+def server(request, tmp_path_factory):
+    with serve_tiny(request, tmp_path_factory,
+                    env={"QAFORGE_MAX_BATCH": "8", "QAFORGE_MAX_PENDING": "16"}) as srv:
+        yield srv
 
 
 LONG = "warp " * 700  # far more than the 512-token context

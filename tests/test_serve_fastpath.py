@@ -13,8 +13,7 @@ from starlette.responses import JSONResponse
 
 from qaforge.bench.load import random_prompts
 from qaforge.serve.jsonresponse import dumps
-from qaforge.serve.launcher import start_server
-from serve_helpers import FAST_ENV, metric_value, model_dir, wait_for, warmup_questions
+from serve_helpers import metric_value, model_dir, serve_tiny, wait_for, warmup_questions
 
 LONG_RUN = {"max_tokens": 3000, "ignore_eos": True}  # seconds of decoding on a CPU
 
@@ -97,17 +96,10 @@ async def test_cancelled_generate_batch_aborts_every_sequence(engine_model):
 
 # ---- over real HTTP ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def url(request, tmp_path_factory):
-    env = dict(FAST_ENV, QAFORGE_MAX_MODEL_LEN="4096", QAFORGE_MAX_NUM_SEQS="256")
-    srv = start_server(str(model_dir(request, tmp_path_factory)), engine="native", env=env,
-                       ready_timeout=300)
-    yield srv.base_url
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def model(url) -> str:
-    return httpx.get(url + "/v1/models").json()["data"][0]["id"]
+def server(request, tmp_path_factory):
+    with serve_tiny(request, tmp_path_factory,
+                    env={"QAFORGE_MAX_MODEL_LEN": "4096", "QAFORGE_MAX_NUM_SEQS": "256"}) as srv:
+        yield srv
 
 
 def _stream_text(url: str, route: str, body: dict) -> str:

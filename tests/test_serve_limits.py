@@ -9,25 +9,17 @@ import time
 import httpx
 import pytest
 
-from qaforge.serve.launcher import start_server
-from serve_helpers import FAST_ENV, metric_value, model_dir, wait_for
+from serve_helpers import metric_value, serve_tiny, wait_for
 
 LONG_RUN = {"max_tokens": 3000, "ignore_eos": True}  # seconds of decoding on a CPU
 
 
 @pytest.fixture(scope="module")
-def url(request, tmp_path_factory):
-    env = dict(FAST_ENV, QAFORGE_MAX_PENDING="2", QAFORGE_MAX_MODEL_LEN="4096",
-               QAFORGE_REQUEST_TIMEOUT="1.5", QAFORGE_RETRY_AFTER="3")
-    srv = start_server(str(model_dir(request, tmp_path_factory)), engine="native", env=env,
-                       ready_timeout=300)
-    yield srv.base_url
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def model(url) -> str:
-    return httpx.get(url + "/v1/models").json()["data"][0]["id"]
+def server(request, tmp_path_factory):
+    env = {"QAFORGE_MAX_PENDING": "2", "QAFORGE_MAX_MODEL_LEN": "4096",
+           "QAFORGE_REQUEST_TIMEOUT": "1.5", "QAFORGE_RETRY_AFTER": "3"}
+    with serve_tiny(request, tmp_path_factory, env=env) as srv:
+        yield srv
 
 
 def idle(url: str) -> bool:

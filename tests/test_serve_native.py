@@ -10,34 +10,16 @@ import httpx
 import openai
 import pytest
 
-from qaforge.serve.launcher import start_server
-from serve_helpers import FAST_ENV, metric_value, model_dir, warmup_questions
+from serve_helpers import metric_value, serve_tiny, warmup_questions
 
 QUESTIONS = warmup_questions(6)
 
 
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
-    env = dict(FAST_ENV, QAFORGE_MAX_BATCH="64", QAFORGE_MAX_PENDING="2048")
-    srv = start_server(str(model_dir(request, tmp_path_factory)), engine="native", env=env,
-                       ready_timeout=300)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def url(server) -> str:
-    return server.base_url
-
-
-@pytest.fixture(scope="module")
-def client(url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model_name(client) -> str:
-    return client.models.list().data[0].id
+    env = {"QAFORGE_MAX_BATCH": "64", "QAFORGE_MAX_PENDING": "2048"}
+    with serve_tiny(request, tmp_path_factory, env=env) as srv:
+        yield srv
 
 
 def predict(url: str, prompt, **extra) -> httpx.Response:
@@ -86,22 +68,22 @@ def test_predict_default_budget_is_384_tokens(url):
 
 
 # ---- OpenAI API (openai SDK) -----------------------------------------------------------------
-def test_models_lists_the_served_model(client, model_name, server):
+def test_models_lists_the_served_model(client, model, server):
     # Default name: the model directory's name.
     root = client.models.list().data[0].model_dump()["root"]
-    assert model_name == root.rstrip("/").rsplit("/", 1)[-1]
-    assert [m.id for m in client.models.list().data] == [model_name]
+    assert model == root.rstrip("/").rsplit("/", 1)[-1]
+    assert [m.id for m in client.models.list().data] == [model]
 
 
-def test_chat_plain_and_stream_give_the_same_text(client, model_name):
+def test_chat_plain_and_stream_give_the_same_text(client, model):
     messages = [{"role": "user", "content": QUESTIONS[2]}]
-    plain = client.chat.completions.create(model=model_name, messages=messages, max_tokens=40,
+    plain = client.chat.completions.create(model=model, messages=messages, max_tokens=40,
                                            temperature=0.8, seed=3)
     text = plain.choices[0].message.content
     assert plain.choices[0].finish_reason in ("stop", "length")
     assert 0 < plain.usage.completion_tokens <= 40
     assert plain.usage.prompt_tokens > 20  # the default system prompt was added
-    stream = client.chat.completions.create(model=model_name, messages=messages, max_tokens=40,
+    stream = client.chat.completions.create(model=model, messages=messages, max_tokens=40,
                                             temperature=0.8, seed=3, stream=True,
                                             stream_options={"include_usage": True})
     pieces, reasons, usage = [], [], None
@@ -117,33 +99,33 @@ def test_chat_plain_and_stream_give_the_same_text(client, model_name):
     assert usage.completion_tokens == plain.usage.completion_tokens
 
 
-def test_chat_without_system_message_matches_the_grader_answer(client, model_name, url):
+def test_chat_without_system_message_matches_the_grader_answer(client, model, url):
     q = QUESTIONS[3]
-    chat = client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": q}],
+    chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": q}],
                                           max_tokens=32, temperature=0)
     assert chat.choices[0].message.content == predict(url, q, max_tokens=32).json()["response"]
 
 
-def test_completions_plain_and_stream(client, model_name):
+def test_completions_plain_and_stream(client, model):
     prompt = "Shared memory is"
-    plain = client.completions.create(model=model_name, prompt=prompt, max_tokens=24, temperature=0,
+    plain = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0,
                                       extra_body={"ignore_eos": True})
     assert plain.usage.completion_tokens == 24
     assert plain.choices[0].finish_reason == "length"
     streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=model_name, prompt=prompt, max_tokens=24, temperature=0, stream=True,
+        model=model, prompt=prompt, max_tokens=24, temperature=0, stream=True,
         extra_body={"ignore_eos": True}) if c.choices)
     assert streamed == plain.choices[0].text
-    batch = client.completions.create(model=model_name, prompt=[prompt, "A warp is"], max_tokens=8,
+    batch = client.completions.create(model=model, prompt=[prompt, "A warp is"], max_tokens=8,
                                       temperature=0)
     assert [c.index for c in batch.choices] == [0, 1]
     assert batch.choices[0].text == client.completions.create(
-        model=model_name, prompt=prompt, max_tokens=8, temperature=0).choices[0].text
+        model=model, prompt=prompt, max_tokens=8, temperature=0).choices[0].text
 
 
-def test_stop_string_cuts_the_detokenized_text(client, model_name, url):
+def test_stop_string_cuts_the_detokenized_text(client, model, url):
     aborted = metric_value(url, "qaforge_sequences_total", {"finish_reason": "abort"})
-    kwargs = dict(model=model_name, prompt="The kernel", max_tokens=48, temperature=1.0, seed=11,
+    kwargs = dict(model=model, prompt="The kernel", max_tokens=48, temperature=1.0, seed=11,
                   extra_body={"ignore_eos": True})
     full = client.completions.create(**kwargs).choices[0].text
     words = [w for w in full.split() if len(w) >= 2 and full.find(w) > 3]
@@ -159,17 +141,17 @@ def test_stop_string_cuts_the_detokenized_text(client, model_name, url):
     assert metric_value(url, "qaforge_sequences_total", {"finish_reason": "abort"}) == aborted
 
 
-def test_seed_makes_sampling_reproducible(client, model_name):
-    kwargs = dict(model=model_name, messages=[{"role": "user", "content": QUESTIONS[0]}],
+def test_seed_makes_sampling_reproducible(client, model):
+    kwargs = dict(model=model, messages=[{"role": "user", "content": QUESTIONS[0]}],
                   max_tokens=24, temperature=1.0, top_p=0.95, extra_body={"top_k": 50})
     a = client.chat.completions.create(seed=1234, **kwargs).choices[0].message.content
     b = client.chat.completions.create(seed=1234, **kwargs).choices[0].message.content
     assert a == b
 
 
-def test_sdk_shows_the_server_message_for_bad_input(client, model_name):
+def test_sdk_shows_the_server_message_for_bad_input(client, model):
     with pytest.raises(openai.BadRequestError, match="n > 1 is not supported"):
-        client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "q"}], n=2)
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "q"}], n=2)
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "q"}])
 
@@ -190,7 +172,7 @@ def test_metrics_has_requests_tokens_queue_and_latency_histograms(url):
 
 
 # ---- load ------------------------------------------------------------------------------------
-def test_thousand_concurrent_requests_all_answered(url, model_name):
+def test_thousand_concurrent_requests_all_answered(url, model):
     """1,000 requests at once (grader /predict and OpenAI chat mixed): no 5xx, every answer back."""
     async def run() -> list[tuple[int, object]]:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
@@ -199,7 +181,7 @@ def test_thousand_concurrent_requests_all_answered(url, model_name):
                 q = QUESTIONS[i % len(QUESTIONS)]
                 if i % 4 == 3:
                     r = await c.post("/v1/chat/completions", json={
-                        "model": model_name, "messages": [{"role": "user", "content": q}],
+                        "model": model, "messages": [{"role": "user", "content": q}],
                         "max_tokens": 4, "temperature": 0})
                     return r.status_code, r.json()["choices"][0]["message"]["content"]
                 r = await c.post("/predict", json={"prompt": q, "max_tokens": 4})

@@ -13,6 +13,7 @@ from qaforge.paths import REPO_DIR
 from qaforge.serve.backends import VllmEngine
 from qaforge.serve.launcher import vllm_python
 from qaforge.serve.settings import ServeSettings
+from serve_helpers import NO_VLLM
 
 
 def test_flags_and_env_reach_vllm_engine_kwargs():
@@ -47,7 +48,7 @@ def test_cli_refuses_native_parallelism_as_bad_input():
     assert "native engine runs on one GPU" in result.output
 
 
-@pytest.mark.skipif(vllm_python() is None, reason="vllm is not importable (.venv-vllm or QAFORGE_VLLM_PYTHON)")
+@pytest.mark.skipif(vllm_python() is None, reason=NO_VLLM)
 def test_vllm_accepts_the_mapped_arg_names():
     # The field names must be vLLM's own: build AsyncEngineArgs in the vLLM interpreter.
     probe = ("import json; from qaforge.serve.settings import ServeSettings; "

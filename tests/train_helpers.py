@@ -39,10 +39,28 @@ def write_qa_jsonl(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
+def special_ids(tokenizer) -> tuple[int, int]:
+    """(eos, pad): Qwen3's <|im_end|> and <|endoftext|>, as the random models' configs use them."""
+    return tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+
+def save_checkpoint(model, tokenizer, out_dir: Path) -> Path:
+    """A random model as a checkpoint: weights, tokenizer, and a greedy generation config that stops at
+    either special end token."""
+    from transformers import GenerationConfig
+
+    eos, pad = special_ids(tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad, do_sample=False).save_pretrained(out_dir)
+    return out_dir
+
+
 def build_random_qwen3(out_dir: Path, seed: int = 0) -> Path:
     """A random-weight Qwen3 (fp32) with a small byte-level BPE tokenizer and Qwen3's chat template."""
     import torch
-    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     from qaforge.tiny import read_corpus_text, train_tokenizer
 
@@ -51,19 +69,13 @@ def build_random_qwen3(out_dir: Path, seed: int = 0) -> Path:
         return out_dir
     texts = read_corpus_text(DEFAULT_CORPUS_DIR)[:3] + [q + a for q, a in QUESTIONS]
     tokenizer = train_tokenizer(texts, vocab_size=1024)
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    eos, pad = special_ids(tokenizer)
     config = Qwen3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
                          max_position_embeddings=1024, rope_theta=1_000_000.0, tie_word_embeddings=True,
                          bos_token_id=pad, eos_token_id=eos, pad_token_id=pad)
     torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad, do_sample=False).save_pretrained(out_dir)
-    return out_dir
+    return save_checkpoint(Qwen3ForCausalLM(config), tokenizer, out_dir)
 
 
 import pytest  # noqa: E402

@@ -12,11 +12,11 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from qaforge.dataset import write_json, write_jsonl
+from qaforge.dataset import write_jsonl
 from qaforge.generate.llm_client import LLMOptions
 from qaforge.judge.report import render_answers_report
 from qaforge.judge.rubric import load_rubric
-from qaforge.judge.runner import Task, failures_of, run_tasks, usage_of
+from qaforge.judge.runner import Task, run_tasks, write_report
 from qaforge.judge.sources import InputError, load_eval_results, system_labels
 from qaforge.judge.stats import rank_correlation, score_summary
 
@@ -95,10 +95,6 @@ def judge_answers(results: dict[str, Any] | Path, options: LLMOptions, *, system
         "questions": len(samples), "systems": labels, "criteria": rubric.criteria,
         "summary": summary,
         "rank_correlation_pooled": rank_correlation([r["overall"] for r in pooled], [r["rouge_l"] for r in pooled]),
-        "failures": failures_of(run.entries), "usage": usage_of(run.entries, options),
-        "run": {**run.stats, "wall_s": round(time.monotonic() - started, 3)},
-        "files": {"judgements": str(out_dir / ANSWERS_FILE), "report": str(out_dir / "judge_answers_report.json")},
     }
-    write_json(out_dir / "judge_answers_report.json", report)
-    (out_dir / "judge_answers_report.md").write_text(render_answers_report(report), encoding="utf-8")
+    write_report(report, run, options, started, out_dir, ANSWERS_FILE, "judge_answers_report", render_answers_report)
     return {**report, "per_question": per_question}

@@ -17,11 +17,11 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any, Iterable
 
-from qaforge.dataset import read_jsonl, write_json, write_jsonl
+from qaforge.dataset import read_jsonl, write_jsonl
 from qaforge.generate.llm_client import LLMOptions
 from qaforge.judge.report import render_dataset_report
 from qaforge.judge.rubric import load_rubric
-from qaforge.judge.runner import Task, failures_of, run_tasks, usage_of
+from qaforge.judge.runner import Task, run_tasks, write_report
 from qaforge.judge.sources import InputError, load_chunk_texts, load_qa
 from qaforge.judge.stats import score_summary
 
@@ -72,13 +72,8 @@ def judge_dataset(dataset_dir: Path, options: LLMOptions, *, corpus: Path | None
         "by_chapter": {k: {"n": len(v), "overall_mean": fmean(v)} for k, v in by_chapter.items()},
         "by_difficulty": {k: {"n": len(v), "overall_mean": fmean(v)} for k, v in by_difficulty.items()},
         "lowest": sorted(lines, key=lambda line: (line["overall"], line["id"]))[:10],
-        "failures": failures_of(run.entries), "usage": usage_of(run.entries, options),
-        "run": {**run.stats, "wall_s": round(time.monotonic() - started, 3)},
-        "files": {"judgements": str(dataset_dir / JUDGE_FILE), "report": str(dataset_dir / "judge_report.json")},
     }
-    write_json(dataset_dir / "judge_report.json", report)
-    (dataset_dir / "judge_report.md").write_text(render_dataset_report(report), encoding="utf-8")
-    return report
+    return write_report(report, run, options, started, dataset_dir, JUDGE_FILE, "judge_report", render_dataset_report)
 
 
 def load_judgements(path: Path) -> dict[str, dict[str, Any]]:

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qaforge.dataset import write_json, write_jsonl
+from qaforge.dataset import write_jsonl
 from qaforge.generate.llm_client import LLMOptions
 from qaforge.judge.answers import resolve_results, pick_systems
 from qaforge.judge.report import render_pairwise_report
 from qaforge.judge.rubric import load_rubric
-from qaforge.judge.runner import Task, failures_of, run_tasks, usage_of
+from qaforge.judge.runner import Task, run_tasks, write_report
 from qaforge.judge.sources import InputError
 from qaforge.judge.stats import proportion
 
@@ -94,10 +94,6 @@ def judge_pairwise(results: dict[str, Any] | Path, options: LLMOptions, systems:
     report = {
         "mode": "pairwise", "eval_results": results.get("data", ""), "judge_model": options.model,
         "questions": len(samples), "swapped": len(swapped), **summarize_pairwise(rows, a, b),
-        "failures": failures_of(run.entries), "usage": usage_of(run.entries, options),
-        "run": {**run.stats, "wall_s": round(time.monotonic() - started, 3)},
-        "files": {"judgements": str(out_dir / PAIRWISE_FILE), "report": str(out_dir / "judge_pairwise_report.json")},
     }
-    write_json(out_dir / "judge_pairwise_report.json", report)
-    (out_dir / "judge_pairwise_report.md").write_text(render_pairwise_report(report), encoding="utf-8")
+    write_report(report, run, options, started, out_dir, PAIRWISE_FILE, "judge_pairwise_report", render_pairwise_report)
     return {**report, "rows": rows}

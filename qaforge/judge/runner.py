@@ -10,8 +10,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from qaforge.dataset import write_json
 from qaforge.generate.journal import Journal, call_key
 from qaforge.generate.llm_client import CallFailed, LLMClient, LLMOptions
 from qaforge.judge.rubric import ReplyError, Rubric
@@ -124,6 +125,20 @@ def usage_of(entries: list[dict[str, Any]], options: LLMOptions) -> dict[str, An
     price_in, price_out = options.prices()
     cost = total["prompt_tokens"] / 1000 * price_in + total["completion_tokens"] / 1000 * price_out
     return {**dict(total), "cost": round(cost, 6), "price_per_1k": {"input": price_in, "output": price_out}}
+
+
+def write_report(report: dict[str, Any], run: RunResult, options: LLMOptions, started: float, out_dir: Path,
+                 judgements: str, name: str, render: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """Every judge mode's report ends alike: failures, usage, the run's stats with the wall time since
+    `started`, and its files; written as `name`.json and `name`.md beside the judgements file."""
+    report.update({
+        "failures": failures_of(run.entries), "usage": usage_of(run.entries, options),
+        "run": {**run.stats, "wall_s": round(time.monotonic() - started, 3)},
+        "files": {"judgements": str(out_dir / judgements), "report": str(out_dir / f"{name}.json")},
+    })
+    write_json(out_dir / f"{name}.json", report)
+    (out_dir / f"{name}.md").write_text(render(report), encoding="utf-8")
+    return report
 
 
 def failures_of(entries: list[dict[str, Any]]) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from qaforge.testing.fault_llm_server import FaultConfig, FaultLLMServer, _unit
+from qaforge.testing.fault_llm_server import FaultConfig, FaultLLMServer, _dress, _unit
 
 _TAG = re.compile(r"<(source|question|answer|reference|answer_1|answer_2)>\s*(.*?)\s*</\1>", re.DOTALL)
 _CJK_RUN = re.compile(r"[\u4e00-\u9fff]+")
@@ -94,10 +94,4 @@ class FaultJudgeServer(FaultLLMServer):
         if _unit(key, "malformed") < cfg.rate_malformed:
             body = body.rstrip("}") + ","          # torn tail and a trailing comma: json-repair's job
             faults.append("malformed")
-        if _unit(key, "fence") < cfg.rate_fence:
-            body = f"```json\n{body}\n```"
-            faults.append("fence")
-        if _unit(key, "think") < cfg.rate_think:
-            body = "<think>\nLet me compare {the answer} with the text.\n</think>\n" + body
-            faults.append("think")
-        return body, faults
+        return _dress(body, key, cfg, faults, "", "Let me compare {the answer} with the text."), faults

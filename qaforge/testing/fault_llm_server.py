@@ -117,6 +117,17 @@ def _unit(*parts: object) -> float:
     return int(digest[:12], 16) / float(1 << 48)
 
 
+def _dress(body: str, key: str, cfg: FaultConfig, faults: list[str], fence_intro: str, thought: str) -> str:
+    """The reply faults both modes share: a Markdown fence (rate_fence), then a thought before it (rate_think)."""
+    if _unit(key, "fence") < cfg.rate_fence:
+        body = f"{fence_intro}```json\n{body}\n```"
+        faults.append("fence")
+    if _unit(key, "think") < cfg.rate_think:
+        body = f"<think>\n{thought}\n</think>\n" + body
+        faults.append("think")
+    return body
+
+
 def _plain_sentences(text: str) -> list[str]:
     text = _LINK.sub(r"\1", _MARKUP.sub(" ", text))
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "|", "$$", "-", "*"))]
@@ -203,13 +214,8 @@ class FaultLLMServer:
         if _unit(key, "malformed") < cfg.rate_malformed:
             body = body.rstrip().rstrip("}").rstrip().rstrip("]") + ",\n"      # torn tail, trailing comma
             faults.append("malformed")
-        if _unit(key, "fence") < cfg.rate_fence:
-            body = f"Here is the JSON:\n```json\n{body}\n```"
-            faults.append("fence")
-        if _unit(key, "think") < cfg.rate_think:
-            body = "<think>\nThe user wants {\"items\": [...]} — let me pick sentences.\n</think>\n" + body
-            faults.append("think")
-        return body, faults
+        return _dress(body, key, cfg, faults, "Here is the JSON:\n",
+                      'The user wants {"items": [...]} — let me pick sentences.'), faults
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _build_app(self) -> FastAPI:
