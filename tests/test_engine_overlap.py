@@ -95,6 +95,14 @@ def test_waves_with_length_eos_and_stop_endings(model_dir):
     assert st["generated_tokens"] == sum(len(t) for t, _ in b.values())
 
 
+def test_chunked_prefill_drains_for_prompt_chunks(model_dir):
+    """With chunked prefill a step with prompt chunks (and decodes beside them) takes the sync path, and the
+    pure decode steps between arrivals overlap."""
+    sync, over = pair(model_dir, enable_chunked_prefill=True, max_num_batched_tokens=16)
+    assert run_waves(sync, mixed_waves(12, seed=8)) == run_waves(over, mixed_waves(12, seed=8))
+    assert over.stats()["overlapped_steps"] > 10
+
+
 def test_prefix_cache_hits_on_blocks_hashed_in_flight(model_dir):
     """Blocks filled by a token that was in flight are hashed once it is known: the same hashes as the sync
     engine's, and a later prompt that extends a generation hits them and continues exactly the same."""
