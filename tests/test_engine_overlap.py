@@ -77,6 +77,22 @@ def test_config_flag_validates(model_dir):
         EngineConfig(model=model_dir, device="cpu", async_scheduling="yes")
 
 
+def test_engine_with_the_flag_is_freed_without_gc(model_dir):
+    """No reference cycle through the pipeline: deleting an engine frees its (GPU) memory at once."""
+    import gc
+    import weakref
+
+    llm = LLM(model_dir, async_scheduling=True, **{**KW, "max_model_len": 64})
+    assert len(llm.generate([[5, 6, 7]], SamplingParams(temperature=0, max_tokens=5))[0].token_ids) == 5
+    ref = weakref.ref(llm.runner)
+    gc.disable()
+    try:
+        del llm
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_waves_with_length_eos_and_stop_endings(model_dir):
     sync, over = pair(model_dir)
     plain = run_waves(sync, mixed_waves())

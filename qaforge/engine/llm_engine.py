@@ -100,7 +100,7 @@ class LLM:
         (a prompt chunk that does not end its prompt gets none). With async scheduling the pairs are those of
         the step that completed in this call, while the next decode step already runs (engine/overlap.py)."""
         if self.pipeline is not None:
-            return self.pipeline.step()
+            return self.pipeline.step(self)
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []

@@ -49,10 +49,10 @@ class _InFlight:
 
 
 class OverlapPipeline:
-    """Drives `LLM.step` with async scheduling on; one step's (sequence, token) pairs per call, as before."""
+    """Drives `LLM.step` with async scheduling on; one step's (sequence, token) pairs per call, as before.
+    It holds the runner, not the LLM (no reference cycle: a deleted engine frees its GPU memory at once)."""
 
     def __init__(self, llm):
-        self.llm = llm
         self.runner = llm.runner
         self.pending: _InFlight | None = None
         self.num_overlapped = 0  # steps enqueued before the previous step's ids were read
@@ -79,8 +79,8 @@ class OverlapPipeline:
         self._events[t].record()
         return _InFlight(seqs, ids, host, self._events[t])
 
-    def step(self) -> list[tuple[Sequence, int]]:
-        llm, sched = self.llm, self.llm.scheduler
+    def step(self, llm) -> list[tuple[Sequence, int]]:
+        sched = llm.scheduler
         if self.pending is None:
             batch = sched.schedule()
             if not batch.seqs:
