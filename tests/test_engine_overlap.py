@@ -260,6 +260,11 @@ def test_gpu_async_scheduling_equals_sync_bf16(tmp_path):
         outs[(flag, "one")] = llm.generate([prompts[0]], one)[0].token_ids
         torch.cuda.synchronize()
         ms[flag] = round((time.perf_counter() - t0) * 1000 / 256, 3)
+        # endings by stop id (rows that run one step past their end) and seeded sampled rows beside greedy ones
+        mixed = [SamplingParams(temperature=0.0, max_tokens=120, stop_token_ids=(o[len(o) // 2],)) if i % 2 else
+                 SamplingParams(temperature=0.8, top_k=40, max_tokens=100, seed=i, ignore_eos=True)
+                 for i, o in enumerate(outs[False][:40])]
+        outs[(flag, "mixed")] = [o.token_ids for o in llm.generate(prompts[:40], mixed)]
         if flag:
             assert llm.stats()["overlapped_steps"] > 200
         del llm
@@ -268,3 +273,8 @@ def test_gpu_async_scheduling_equals_sync_bf16(tmp_path):
     same = sum(a == b for a, b in zip(outs[False], outs[True]))
     assert same == len(prompts), f"{same}/{len(prompts)} requests equal"
     assert outs[(False, "one")] == outs[(True, "one")]
+    # a stop row's extra step changes the next step's batch size for one step, and bf16 GEMMs may round a
+    # row differently at another batch size: most rows, not all, are required to match here
+    same = sum(a == b for a, b in zip(outs[(False, "mixed")], outs[(True, "mixed")]))
+    print(f"stop-id and seeded rows: {same}/40 equal")
+    assert same >= 36
