@@ -205,7 +205,8 @@ class Scheduler:
             bm.reserve_next_slot(seqs[i])
         return rows
 
-    def finish_inflight(self, seqs: list[Sequence], token_ids: list[int], ahead: set[int]) -> list[tuple[Sequence, int]]:
+    def finish_inflight(self, seqs: list[Sequence], token_ids: list[int],
+                        ahead: set[int]) -> list[tuple[Sequence, int]]:
         """`postprocess` for a decode step that ran ahead of the host: rows whose sequence ended (or was
         aborted) while the step was in flight are dropped with their token. `ahead`: the rows that are in the
         step enqueued after this one; a block that their appended token fills is hashed now (append_slot would
