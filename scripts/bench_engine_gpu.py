@@ -270,7 +270,8 @@ def run_config(name: str, names: list[str], engine_kw: dict) -> dict:
 
 CONFIGS = {"chunked": {"enable_chunked_prefill": True}, "whole": {"enable_chunked_prefill": False},
            "chunked8k": {"enable_chunked_prefill": True, "max_num_batched_tokens": 8192},
-           "seqs512": {"enable_chunked_prefill": True, "max_num_seqs": 512}}
+           "seqs512": {"enable_chunked_prefill": True, "max_num_seqs": 512},
+           "whole_async": {"enable_chunked_prefill": False, "async_scheduling": True}}
 
 
 def compare_table(runs: dict) -> str:

@@ -180,6 +180,21 @@ class BlockManager:
             self._hash_last_block(seq)
         return True
 
+    def reserve_next_slot(self, seq: Sequence) -> None:
+        """Async scheduling: room for the KV of the token after seq's last, whose id is still on the device.
+        No hash here (its tokens are not known yet): `hash_filled_block` once the id has reached the host.
+        The caller has checked that a free block exists."""
+        bt = seq.block_table
+        if len(bt) * self.block_size < len(seq.token_ids) + 1:
+            block = self._pop_free_block()
+            bt.append(block.block_id)
+            self.table[seq.row, len(bt) - 1] = block.block_id
+
+    def hash_filled_block(self, seq: Sequence) -> None:
+        """The deferred half of `append_slot` for a reserved slot: the token just appended fills the last block."""
+        if self.enable_prefix_caching and len(seq.token_ids) % self.block_size == 0:
+            self._hash_last_block(seq)
+
     def _hash_last_block(self, seq: Sequence) -> None:
         """seq's last block fills up in this step: make it a prefix-cache block (its chain must be hashed)."""
         bs = self.block_size

@@ -23,6 +23,7 @@ class EngineConfig:
     kv_cache_memory_gb: float = 2.0       # KV budget on CPU when num_kvcache_blocks is None
     enable_prefix_caching: bool = True
     enforce_eager: bool = False           # no CUDA graphs
+    async_scheduling: bool = False        # enqueue decode step k+1 before reading step k's ids (engine/overlap.py)
     cuda_graph_max_bs: int = 512          # largest decode batch captured in a CUDA graph
     attention_backend: str = "auto"       # auto (triton on CUDA with bf16/fp16, else torch) | torch | triton
     seed: int = 0
@@ -41,8 +42,9 @@ class EngineConfig:
         self.family = check_architecture(self.hf_config)
         self.device = pick_device(self.device)
         self.dtype = pick_dtype(self.dtype, self.device)
-        if not isinstance(self.enable_chunked_prefill, bool):
-            raise ValueError(f"enable_chunked_prefill must be true or false, got {self.enable_chunked_prefill!r}")
+        for name in ("enable_chunked_prefill", "async_scheduling"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ValueError("attention_backend must be auto, torch or triton")
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size"):

@@ -10,7 +10,8 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .model_runner import ModelRunner
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
+from .overlap import OverlapPipeline
+from .scheduler import Batch, Scheduler
 from .sequence import Sequence
 
 log = logging.getLogger("qaforge.engine")
@@ -46,6 +47,7 @@ class LLM:
         self.num_steps = 0
         self.num_prefill_tokens = 0
         self.num_generated_tokens = 0
+        self.pipeline = OverlapPipeline(self) if config.async_scheduling else None
         self.startup_s = time.perf_counter() - t0
         r = self.runner
         # where startup went (the server logs it; the GPU benchmark prints it)
@@ -95,18 +97,27 @@ class LLM:
 
     def step(self) -> list[tuple[Sequence, int]]:
         """Run one scheduled batch; return (sequence, new token id) for every sequence that got a token
-        (a prompt chunk that does not end its prompt gets none)."""
+        (a prompt chunk that does not end its prompt gets none). With async scheduling the pairs are those of
+        the step that completed in this call, while the next decode step already runs (engine/overlap.py)."""
+        if self.pipeline is not None:
+            return self.pipeline.step(self)
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
+        return self.run_batch(batch)
+
+    def run_batch(self, batch: Batch) -> list[tuple[Sequence, int]]:
+        """The synchronous step of a scheduled batch: run, read the ids, postprocess."""
         tokens = self.runner.run(batch)
         sampled = batch.sampled
         self.scheduler.postprocess(batch, tokens)
-        self.num_steps += 1
-        if batch.is_prefill:
-            self.num_prefill_tokens += sum(batch.num_new[batch.num_decodes:])
-        self.num_generated_tokens += len(tokens)
+        self.count_step(sum(batch.num_new[batch.num_decodes:]), len(tokens))
         return list(zip(sampled, tokens))
+
+    def count_step(self, prefill_tokens: int, generated: int) -> None:
+        self.num_steps += 1
+        self.num_prefill_tokens += prefill_tokens
+        self.num_generated_tokens += generated
 
     def is_finished(self) -> bool:
         return self.scheduler.is_finished()
@@ -165,4 +176,5 @@ class LLM:
             "num_steps": self.num_steps,
             "prefill_tokens": self.num_prefill_tokens,
             "generated_tokens": self.num_generated_tokens,
+            "overlapped_steps": self.pipeline.num_overlapped if self.pipeline is not None else 0,
         }

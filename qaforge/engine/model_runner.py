@@ -6,7 +6,7 @@ sequences replay a captured graph (batch padded to the next captured size) that 
 model, the final norm, the lm_head and the greedy argmax; their inputs travel in one host-to-device copy.
 Small sizes are captured at startup (they compile every decode-kernel variant), larger ones on first use.
 A prefill or mixed step (prompt chunks beside decodes) runs eagerly. One host sync per step: reading the
-sampled token ids.
+sampled token ids (with async scheduling, engine/overlap.py, after the next decode step is enqueued).
 """
 from __future__ import annotations
 
@@ -207,11 +207,16 @@ class ModelRunner:
         meta = AttnMeta(True, t_slots, t_ctx, t_bt, t_cu, int(qlens.max()), max_ctx, parts)
         return t_ids, t_pos, meta, t_last
 
-    def prepare_decode(self, seqs: list[Sequence]):
+    def prepare_decode(self, seqs: list[Sequence], ahead: int = 0):
+        """ahead=1 (async scheduling): each row decodes the token after its last host token, which is still on
+        the device (the ids returned are placeholders the device overwrites)."""
         bs = self.block_size
         n = len(seqs)
-        ids = np.fromiter((s.last_token for s in seqs), dtype=np.int64, count=n)
-        lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
+        if ahead:
+            ids = np.zeros(n, dtype=np.int64)
+        else:
+            ids = np.fromiter((s.last_token for s in seqs), dtype=np.int64, count=n)
+        lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n) + ahead
         rows = np.fromiter((s.row for s in seqs), dtype=np.int64, count=n)
         pos = lens - 1
         slots = self.block_table[rows, pos // bs].astype(np.int64) * bs + pos % bs
@@ -237,34 +242,46 @@ class ModelRunner:
         """Token ids for the batch's sampled rows, in row order."""
         model = self.model
         seqs = batch.seqs
-        if batch.is_prefill:
-            ids, pos, meta, last = self.prepare_prefill(batch)
-            model.lora_batch = self._lora_batch(seqs, meta)
-            sampled = batch.sampled
-            if not sampled:
-                model.forward(ids, pos, meta, self.kv_cache)
-                model.lora_batch = None
-                return []
-            hidden = model.forward(ids, pos, meta, self.kv_cache)[last]
-        else:
-            ids, pos, slots, lens, bt, max_ctx = self.prepare_decode(seqs)
-            n = len(seqs)
-            sampled = seqs
-            # the graphs hold no LoRA update: a batch with adapter rows runs eagerly
-            with_lora = self.lora is not None and any(s.lora_id for s in seqs)
-            if self.graph_sizes and n <= self.graph_sizes[-1] and not with_lora:
-                logits, argmax = self._replay(ids, pos, slots, lens, bt)
-                if all(_plain_greedy(s.params) for s in seqs):
-                    return argmax[:n].tolist()  # the graph's own argmax: the sampler's greedy fast path
-                return self.sampler(logits[:n], seqs).tolist()
-            cu = np.arange(n + 1, dtype=np.int64)
-            t_ids, t_pos, t_slots, t_ctx, t_bt, t_cu = self._h2d([ids, pos, slots, lens, bt, cu])
-            meta = AttnMeta(False, t_slots, t_ctx, t_bt, t_cu, 1, max_ctx)
-            model.lora_batch = self._lora_batch(seqs, meta)
-            hidden = model.forward(t_ids, t_pos, meta, self.kv_cache)
+        if not batch.is_prefill:
+            return self.decode(seqs).tolist()
+        ids, pos, meta, last = self.prepare_prefill(batch)
+        model.lora_batch = self._lora_batch(seqs, meta)
+        sampled = batch.sampled
+        if not sampled:
+            model.forward(ids, pos, meta, self.kv_cache)
+            model.lora_batch = None
+            return []
+        hidden = model.forward(ids, pos, meta, self.kv_cache)[last]
         model.lora_batch = None
         logits = model.compute_logits(hidden)
         return self.sampler(logits, sampled).tolist()
+
+    @torch.inference_mode()
+    def decode(self, seqs: list[Sequence], prev_ids: torch.Tensor | None = None, keep: bool = False) -> torch.Tensor:
+        """Enqueue a pure decode step; its sampled ids as a device tensor (nothing waits for the device).
+        prev_ids (async scheduling): one device id per row, the token each row decodes, sampled by the step
+        before and not on the host yet. keep: the result must outlive the next graph replay (which rewrites
+        the graph's argmax buffer)."""
+        model = self.model
+        ids, pos, slots, lens, bt, max_ctx = self.prepare_decode(seqs, ahead=int(prev_ids is not None))
+        n = len(seqs)
+        # the graphs hold no LoRA update: a batch with adapter rows runs eagerly
+        with_lora = self.lora is not None and any(s.lora_id for s in seqs)
+        if self.graph_sizes and n <= self.graph_sizes[-1] and not with_lora:
+            logits, argmax = self._replay(ids, pos, slots, lens, bt, prev_ids)
+            if all(_plain_greedy(s.params) for s in seqs):
+                # the graph's own argmax: the sampler's greedy fast path
+                return argmax[:n].clone() if keep else argmax[:n]
+            return self.sampler(logits[:n], seqs)
+        cu = np.arange(n + 1, dtype=np.int64)
+        t_ids, t_pos, t_slots, t_ctx, t_bt, t_cu = self._h2d([ids, pos, slots, lens, bt, cu])
+        if prev_ids is not None:
+            t_ids = prev_ids
+        meta = AttnMeta(False, t_slots, t_ctx, t_bt, t_cu, 1, max_ctx)
+        model.lora_batch = self._lora_batch(seqs, meta)
+        hidden = model.forward(t_ids, t_pos, meta, self.kv_cache)
+        model.lora_batch = None
+        return self.sampler(model.compute_logits(hidden), seqs)
 
     # ------------------------------------------------------------------ CUDA graphs
     def capture_cudagraphs(self) -> None:
@@ -276,9 +293,13 @@ class ModelRunner:
         max_bs = min(c.cuda_graph_max_bs, c.max_num_seqs)
         MB = c.max_blocks_per_seq
         self._gmax = max_bs
-        self._gbuf_host = torch.zeros(4 * max_bs + max_bs * MB, dtype=torch.int64).pin_memory()
-        self._gbuf_np = self._gbuf_host.numpy()
-        self._gbuf = torch.zeros_like(self._gbuf_host, device=self.device)
+        # two host staging buffers, used in turn: with async scheduling the host fills step k+1's inputs while
+        # step k's copy may still be queued behind the running step; the buffer it uses was last read by the
+        # copy of step k-1, which had finished when step k-1's ids were read
+        self._gbuf_hosts = [torch.zeros(4 * max_bs + max_bs * MB, dtype=torch.int64).pin_memory() for _ in range(2)]
+        self._gbuf_nps = [h.numpy() for h in self._gbuf_hosts]
+        self._gbuf_turn = 0
+        self._gbuf = torch.zeros_like(self._gbuf_hosts[0], device=self.device)
         # outputs every graph writes into (one buffer, not one per size)
         self._glogits = torch.empty((max_bs, self.model.args.vocab_size), dtype=self.dtype, device=self.device)
         self._gargmax = torch.empty((max_bs,), dtype=torch.int64, device=self.device)
@@ -334,19 +355,23 @@ class ModelRunner:
         self.graphs[bs] = g
         self.graph_s += time.perf_counter() - t0
 
-    def _replay(self, ids, pos, slots, lens, bt) -> tuple[torch.Tensor, torch.Tensor]:
+    def _replay(self, ids, pos, slots, lens, bt, dev_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """dev_ids: the rows' input ids already on the device (async scheduling) instead of `ids`."""
         n = len(ids)
         bs = next(s for s in self.graph_sizes if s >= n)
         if bs not in self.graphs:
             self._capture(bs)  # before this step's inputs land in the static buffers
         M, MB = self._gmax, self.config.max_blocks_per_seq
-        h = self._gbuf_np
+        host, h = self._gbuf_hosts[self._gbuf_turn], self._gbuf_nps[self._gbuf_turn]
+        self._gbuf_turn ^= 1
         for i, (arr, fill) in enumerate(((ids, 0), (pos, 0), (slots, self.trash_slot), (lens, 0))):
             h[i * M: i * M + n] = arr
             h[i * M + n: i * M + bs] = fill
         w = bt.shape[1]
         h[4 * M: 4 * M + n * MB].reshape(n, MB)[:, :w] = bt
         k = 4 * M + n * MB
-        self._gbuf[:k].copy_(self._gbuf_host[:k], non_blocking=True)
+        self._gbuf[:k].copy_(host[:k], non_blocking=True)
+        if dev_ids is not None:
+            self._gbuf[:n].copy_(dev_ids)  # the ids come first in the buffer; stream order: after the copy above
         self.graphs[bs].replay()
         return self._glogits, self._gargmax

@@ -100,10 +100,10 @@ class Sampler:
             sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
             mask = torch.zeros_like(sorted_logits, dtype=torch.bool)
             if need_k:
-                ks = torch.tensor([k if 0 < k < V else V for k in top_ks], dtype=torch.int64).to(dev)
+                ks = torch.tensor([k if 0 < k < V else V for k in top_ks], dtype=torch.int64).to(dev, non_blocking=True)
                 mask |= torch.arange(V, device=dev)[None, :] >= ks[:, None]
             if need_p:
-                ps = torch.tensor(top_ps, dtype=torch.float32).to(dev)
+                ps = torch.tensor(top_ps, dtype=torch.float32).to(dev, non_blocking=True)
                 probs_sorted = sorted_logits.masked_fill(mask, float("-inf")).softmax(dim=-1)
                 cum = probs_sorted.cumsum(dim=-1)
                 mask |= (cum - probs_sorted) > ps[:, None]   # keeps at least the top token
@@ -118,5 +118,5 @@ class Sampler:
                     seq.generator.manual_seed(int(seq.params.seed))
                 noise[i].exponential_(generator=seq.generator)
         sampled = (probs / noise).argmax(dim=-1)
-        is_greedy = torch.tensor([p.greedy for p in params], dtype=torch.bool).to(dev)
+        is_greedy = torch.tensor([p.greedy for p in params], dtype=torch.bool).to(dev, non_blocking=True)
         return torch.where(is_greedy, greedy_ids, sampled)

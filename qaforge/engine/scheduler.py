@@ -177,6 +177,52 @@ class Scheduler:
             finished.append(seq)
         return finished
 
+    # ------------------------------------------------------------------ async scheduling (engine/overlap.py)
+    def schedule_ahead(self, seqs: list[Sequence]) -> list[int] | None:
+        """The rows of the decode step in flight (`seqs`) that decode once more in the next step, whose input
+        is the in-flight step's token (on the device only); each gets the slot for it. None: the next step must
+        be scheduled the ordinary way, once the in-flight tokens are in (the caller drains the pipeline)."""
+        bm = self.block_manager
+        if self.waiting and len(self.running) < self.max_num_seqs and bm.can_allocate(self.waiting[0]):
+            return None  # a new or preempted sequence can be admitted: a prefill comes first
+        running = SequenceStatus.RUNNING
+        live = [i for i, s in enumerate(seqs) if s.status is running]  # aborted or finished rows drop out
+        if len(live) != len(self.running):
+            return None  # chunked prefill: a prompt is still partly computed
+        bs, max_len = bm.block_size, self.max_model_len
+        rows: list[int] = []
+        need = 0
+        for i in live:
+            s = seqs[i]
+            n = len(s.token_ids) + 1  # its length once the in-flight token lands
+            if n - s.num_prompt_tokens >= s.params.max_tokens or n >= max_len:
+                continue  # that token ends it by length, whatever it is: no row after it
+            rows.append(i)
+            need += len(s.block_table) * bs < n
+        if need > bm.num_free_blocks:
+            return None  # the ordinary path preempts
+        for i in rows:
+            bm.reserve_next_slot(seqs[i])
+        return rows
+
+    def finish_inflight(self, seqs: list[Sequence], token_ids: list[int],
+                        ahead: set[int]) -> list[tuple[Sequence, int]]:
+        """`postprocess` for a decode step that ran ahead of the host: rows whose sequence ended (or was
+        aborted) while the step was in flight are dropped with their token. `ahead`: the rows that are in the
+        step enqueued after this one; a block that their appended token fills is hashed now (append_slot would
+        have at scheduling, had the token been known)."""
+        running = SequenceStatus.RUNNING
+        live = [i for i, s in enumerate(seqs) if s.status is running]
+        rows = [seqs[i] for i in live]
+        toks = [token_ids[i] for i in live]
+        n = len(rows)
+        self.postprocess(Batch(rows, [1] * n, n, [True] * n), toks)
+        bm = self.block_manager
+        for i, s in zip(live, rows):
+            if i in ahead and s.status is running:
+                bm.hash_filled_block(s)
+        return list(zip(rows, toks))
+
     def abort(self, seq: Sequence) -> bool:
         if seq.status == SequenceStatus.FINISHED:
             return False
