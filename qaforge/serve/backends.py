@@ -118,9 +118,11 @@ class Engine(abc.ABC):
         """Engine-side counters for /metrics and /health (optional)."""
         return {}
 
-    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+    async def constrain(self, sampling: Any, response_format: dict[str, Any], thinking: bool = False) -> Any:
         """`sampling` restricted to a checked response format (serve/structured.py):
-        {"type": "json_object"} or {"type": "json_schema", "schema": {...}}. ValueError if refused."""
+        {"type": "json_object"} or {"type": "json_schema", "schema": {...}}; with `thinking` (the request
+        is in thinking mode) the model thinks first and the format applies to the answer after its
+        thought. ValueError if refused."""
         raise ValueError(f"the {self.name} engine does not support structured output")
 
 
@@ -171,10 +173,14 @@ class NativeEngine(Engine):
         return self._SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                     seed=seed, ignore_eos=ignore_eos, repetition_penalty=repetition_penalty)
 
-    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+    async def constrain(self, sampling: Any, response_format: dict[str, Any], thinking: bool = False) -> Any:
         # In a thread: the first call builds llguidance's vocabulary (about a second for Qwen3) and
         # compiling a large schema can take as long; the event loop keeps serving meanwhile.
         grammar = await asyncio.to_thread(self._grammar, response_format)
+        if thinking:  # the grammar starts after `</think>`; the thought's budget is engine.structured's rule
+            from qaforge.engine.structured import thought_budget
+
+            grammar = grammar.after_thought(thought_budget(sampling.max_tokens))
         return dataclasses.replace(sampling, grammar=grammar)
 
     def _grammar(self, response_format: dict[str, Any]) -> Any:
@@ -302,7 +308,7 @@ class VllmEngine(Engine):
         self._SamplingParams, self._TokensPrompt = SamplingParams, TokensPrompt
         self._lora_requests = {name: LoRARequest(**fields)
                                for name, fields in lora_request_fields(self.settings.lora_modules).items()}
-        self._delta = RequestOutputKind.DELTA
+        self._delta, self._final_only = RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY
         args = self.engine_args()
         log.info("vllm engine: %s", args)
         return AsyncLLM.from_engine_args(args)
@@ -317,9 +323,11 @@ class VllmEngine(Engine):
             detokenize=False,  # the server detokenizes (stop strings, think filtering)
             output_kind=self._delta)
 
-    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+    async def constrain(self, sampling: Any, response_format: dict[str, Any], thinking: bool = False) -> Any:
         # vLLM compiles and enforces the grammar itself (engine_args picks its llguidance backend).
         # disable_any_whitespace is read per request by older vLLMs, from the engine config by newer.
+        # `thinking` is not passed on: vLLM applies the grammar from the first token unless it was
+        # started with a reasoning parser, which this backend does not configure (docs/serving.md).
         if response_format["type"] == "json_object":
             spec = dict(json_object=True, disable_any_whitespace=True)
         else:
@@ -337,22 +345,60 @@ class VllmEngine(Engine):
         sampling.structured_outputs = StructuredOutputsParams(**spec)
         return sampling
 
-    async def generate(self, prompt_ids: list[int], sampling: Any,
-                       request_id: str) -> AsyncIterator[TokenDelta]:
+    def _submit(self, prompt_ids: list[int], sampling: Any, request_id: str) -> AsyncIterator[Any]:
+        """vLLM's output stream of one request; it aborts the request when closed or cancelled."""
         prompt = self._TokensPrompt(prompt_token_ids=list(prompt_ids))
         sampling, lora = self.unbind_lora(sampling)
         lora_request = self._lora_requests[lora] if lora else None
-        # vLLM's generate aborts the request when it is closed or cancelled; closing it is our part.
-        stream = self._llm.generate(prompt, sampling, request_id, lora_request=lora_request)
-        async with contextlib.aclosing(stream):
+        return self._llm.generate(prompt, sampling, request_id, lora_request=lora_request)
+
+    async def generate(self, prompt_ids: list[int], sampling: Any,
+                       request_id: str) -> AsyncIterator[TokenDelta]:
+        stream = self._submit(prompt_ids, sampling, request_id)
+        async with contextlib.aclosing(stream):  # closing it is our part of aborting
             async for out in stream:
                 completion = out.outputs[0]
                 yield TokenDelta(list(completion.token_ids), out.finished, completion.finish_reason)
+
+    async def generate_final(self, prompts: list[list[int]], samplings: list[Any], request_ids: list[str], *,
+                             on_first_token: Callable[[int, float], None] | None = None,
+                             **kwargs: Any) -> list[FinalOutput]:
+        # vLLM's own non-streaming output kind (what its OpenAI server uses for stream=false): the
+        # output processor keeps every intermediate step to itself and hands over one RequestOutput
+        # per request, with all its tokens, instead of one event per token per request.
+        async def one(i: int) -> FinalOutput:
+            sampling, lora = self.unbind_lora(samplings[i])
+            final = sampling.clone()  # the caller's object stays a DELTA one
+            final.output_kind = self._final_only
+            start = time.perf_counter()
+            last = None
+            stream = self._submit(prompts[i], LoraSampling(final, lora), request_ids[i])
+            async with contextlib.aclosing(stream):
+                async for out in stream:
+                    last = out
+            if last is None or not last.finished:  # vLLM ended the stream without a final output
+                return FinalOutput([], "abort", None, time.perf_counter())
+            first = first_token_time(last, start)
+            if first is not None and on_first_token is not None:
+                on_first_token(i, first)
+            completion = last.outputs[0]
+            return FinalOutput(list(completion.token_ids), completion.finish_reason or "stop", first,
+                               time.perf_counter())
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
 
     async def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def first_token_time(output: Any, submitted: float) -> float | None:
+    """time.perf_counter() of a final vLLM RequestOutput's first token, from the request statistics vLLM
+    attaches only when its stats are on (disable_log_stats=False through QAFORGE_ENGINE_ARGS); None
+    otherwise: a non-streaming request then has no time to first token (docs/serving.md, Metrics)."""
+    latency = getattr(getattr(output, "metrics", None), "first_token_latency", 0.0) or 0.0
+    return submitted + latency if latency > 0 else None
 
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
