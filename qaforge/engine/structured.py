@@ -31,12 +31,13 @@ from typing import Any, Sequence as Seq
 import numpy as np
 import torch
 
+from qaforge.chat import THINK_TAGS  # Qwen3's; each one token of its vocabulary
+
 log = logging.getLogger("qaforge.engine")
 
 # Compact JSON (no free whitespace): a weak or hot model cannot wander off into endless blanks, and the
 # text stays short. Separators are JSON's own, so any JSON parser reads the result.
 JSON_OPTIONS = {"whitespace_flexible": False}
-THINK_TAGS = ("<think>", "</think>")  # Qwen3's; each one token of its vocabulary
 # A thought may use this share of max_tokens at most; then `</think>` is forced (docs/serving.md).
 THOUGHT_SHARE = 0.5
 

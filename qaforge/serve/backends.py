@@ -24,6 +24,8 @@ from typing import Any, AsyncIterator, Callable
 
 from qaforge.modeling import pick_device, pick_dtype
 from qaforge.serve.settings import ServeSettings
+# vLLM's plain-data helpers live beside it (and stay importable from here)
+from qaforge.serve.vllm_support import first_token_time, lora_ranks, lora_request_fields, vllm_lora_args
 
 log = logging.getLogger("qaforge.serve")
 
@@ -119,10 +121,8 @@ class Engine(abc.ABC):
         return {}
 
     async def constrain(self, sampling: Any, response_format: dict[str, Any], thinking: bool = False) -> Any:
-        """`sampling` restricted to a checked response format (serve/structured.py):
-        {"type": "json_object"} or {"type": "json_schema", "schema": {...}}; with `thinking` (the request
-        is in thinking mode) the model thinks first and the format applies to the answer after its
-        thought. ValueError if refused."""
+        """`sampling` restricted to a checked response format (serve/structured.py): {"type": "json_object"}
+        or {"type": "json_schema", "schema": {...}}, after a thought with `thinking`. ValueError if refused."""
         raise ValueError(f"the {self.name} engine does not support structured output")
 
 
@@ -326,8 +326,8 @@ class VllmEngine(Engine):
     async def constrain(self, sampling: Any, response_format: dict[str, Any], thinking: bool = False) -> Any:
         # vLLM compiles and enforces the grammar itself (engine_args picks its llguidance backend).
         # disable_any_whitespace is read per request by older vLLMs, from the engine config by newer.
-        # `thinking` is not passed on: vLLM applies the grammar from the first token unless it was
-        # started with a reasoning parser, which this backend does not configure (docs/serving.md).
+        # `thinking` is not passed on: without a reasoning parser (not configured here) vLLM applies
+        # the grammar from the first token (docs/serving.md).
         if response_format["type"] == "json_object":
             spec = dict(json_object=True, disable_any_whitespace=True)
         else:
@@ -363,8 +363,7 @@ class VllmEngine(Engine):
     async def generate_final(self, prompts: list[list[int]], samplings: list[Any], request_ids: list[str], *,
                              on_first_token: Callable[[int, float], None] | None = None,
                              **kwargs: Any) -> list[FinalOutput]:
-        # vLLM's own non-streaming output kind (what its OpenAI server uses for stream=false): the
-        # output processor keeps every intermediate step to itself and hands over one RequestOutput
+        # vLLM's own non-streaming output kind (its OpenAI server's for stream=false): one RequestOutput
         # per request, with all its tokens, instead of one event per token per request.
         async def one(i: int) -> FinalOutput:
             sampling, lora = self.unbind_lora(samplings[i])
@@ -391,45 +390,6 @@ class VllmEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
-
-
-def first_token_time(output: Any, submitted: float) -> float | None:
-    """time.perf_counter() of a final vLLM RequestOutput's first token, from the request statistics vLLM
-    attaches only when its stats are on (disable_log_stats=False through QAFORGE_ENGINE_ARGS); None
-    otherwise: a non-streaming request then has no time to first token (docs/serving.md, Metrics)."""
-    latency = getattr(getattr(output, "metrics", None), "first_token_latency", 0.0) or 0.0
-    return submitted + latency if latency > 0 else None
-
-
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
-
-
-def lora_ranks(model_path: str, modules: dict[str, str]) -> dict[str, int]:
-    """Each adapter's rank, after the native engine's checks against the model (vLLM's own errors for an
-    adapter that does not fit come per request, deep in a worker)."""
-    import json
-    from pathlib import Path
-
-    from qaforge.engine.layers.lora import load_adapter
-
-    hf_config = json.loads((Path(model_path) / "config.json").read_text())
-    return {name: load_adapter(name, path, hf_config).rank for name, path in modules.items()}
-
-
-def vllm_lora_args(ranks: dict[str, int]) -> dict[str, Any]:
-    """vLLM engine arguments that serve these adapters (name -> rank), all of them in one batch."""
-    top = max(ranks.values())
-    fits = [r for r in VLLM_LORA_RANKS if r >= top]
-    if not fits:
-        worst = max(ranks, key=ranks.get)
-        raise ValueError(f"LoRA adapter {worst!r} has rank {top}; vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}")
-    return {"enable_lora": True, "max_loras": len(ranks), "max_lora_rank": fits[0]}
-
-
-def lora_request_fields(modules: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """name -> vllm.lora.request.LoRARequest's fields; vLLM wants ids unique and >= 1."""
-    return {name: {"lora_name": name, "lora_int_id": i + 1, "lora_path": path}
-            for i, (name, path) in enumerate(modules.items())}
 
 
 def make_engine(model_path: str, settings: ServeSettings) -> Engine:

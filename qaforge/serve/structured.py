@@ -33,24 +33,17 @@ def requested_format(body: OpenAIFields) -> dict[str, Any] | None:
     return {"type": "json_schema", "schema": fmt.json_schema.schema_}
 
 
-def thinks(body: OpenAIFields) -> bool:
-    """Whether a request is in thinking mode: a chat request with enable_thinking (the chat route's rule)."""
-    from qaforge.serve.routes_openai import chat_template_kwargs  # lazy: that module imports this one
-    from qaforge.serve.schemas import ChatCompletionRequest
-
-    return isinstance(body, ChatCompletionRequest) and chat_template_kwargs(body)["enable_thinking"]
-
-
-async def constrained(service: GenerationService, sampling: Any, body: OpenAIFields) -> Any:
-    """`sampling`, restricted to the request's response_format when it has one. In thinking mode the
-    model thinks first and the format applies to what follows its thought (`Engine.constrain`)."""
+async def constrained(service: GenerationService, sampling: Any, body: OpenAIFields,
+                      thinking: bool = False) -> Any:
+    """`sampling`, restricted to the request's response_format when it has one. In thinking mode (a chat
+    with enable_thinking) the model thinks first and the format applies to what follows its thought."""
     fmt = requested_format(body)
     if fmt is None:
         return sampling
     if isinstance(sampling, LoraSampling):  # constrain the engine's own object, keep the adapter binding
-        return LoraSampling(await constrained(service, sampling.sampling, body), sampling.lora)
+        return LoraSampling(await constrained(service, sampling.sampling, body, thinking), sampling.lora)
     try:
-        return await service.engine.constrain(sampling, fmt, thinks(body))
+        return await service.engine.constrain(sampling, fmt, thinking)
     except ValueError as exc:
         where = "response_format.json_schema" if fmt["type"] == "json_schema" else "response_format"
         raise ApiError(400, f"{where}: {exc}", "response_format") from None
