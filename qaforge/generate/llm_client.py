@@ -163,12 +163,15 @@ class LLMClient:
 
         attempt = 0
         while True:
-            fmt_name = self.response_format
-            fmt = self._format_arg()
-            kwargs = {"response_format": fmt} if fmt else {}
+            fmt = fmt_name = None
             try:
                 # The slot is held only while a request is in flight, not while backing off.
                 async with self.semaphore:
+                    # The format is read once the slot is ours: a call that queued behind the one whose
+                    # format was refused sends the stepped-down format, never the refused one.
+                    fmt_name = self.response_format
+                    fmt = self._format_arg()
+                    kwargs = {"response_format": fmt} if fmt else {}
                     response = await self.client.chat.completions.create(
                         model=self.options.model, messages=messages, temperature=self.options.temperature,
                         max_tokens=self.options.max_tokens, seed=seed, **kwargs)

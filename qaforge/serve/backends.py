@@ -24,6 +24,8 @@ from typing import Any, AsyncIterator, Callable
 
 from qaforge.modeling import pick_device, pick_dtype
 from qaforge.serve.settings import ServeSettings
+# vLLM's plain-data helpers live beside it (and stay importable from here)
+from qaforge.serve.vllm_support import first_token_time, lora_ranks, lora_request_fields, vllm_lora_args
 
 log = logging.getLogger("qaforge.serve")
 
@@ -118,9 +120,9 @@ class Engine(abc.ABC):
         """Engine-side counters for /metrics and /health (optional)."""
         return {}
 
-    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
-        """`sampling` restricted to a checked response format (serve/structured.py):
-        {"type": "json_object"} or {"type": "json_schema", "schema": {...}}. ValueError if refused."""
+    async def constrain(self, sampling: Any, response_format: dict[str, Any], thinking: bool = False) -> Any:
+        """`sampling` restricted to a checked response format (serve/structured.py): {"type": "json_object"}
+        or {"type": "json_schema", "schema": {...}}, after a thought with `thinking`. ValueError if refused."""
         raise ValueError(f"the {self.name} engine does not support structured output")
 
 
@@ -171,10 +173,14 @@ class NativeEngine(Engine):
         return self._SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
                                     seed=seed, ignore_eos=ignore_eos, repetition_penalty=repetition_penalty)
 
-    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+    async def constrain(self, sampling: Any, response_format: dict[str, Any], thinking: bool = False) -> Any:
         # In a thread: the first call builds llguidance's vocabulary (about a second for Qwen3) and
         # compiling a large schema can take as long; the event loop keeps serving meanwhile.
         grammar = await asyncio.to_thread(self._grammar, response_format)
+        if thinking:  # the grammar starts after `</think>`; the thought's budget is engine.structured's rule
+            from qaforge.engine.structured import thought_budget
+
+            grammar = grammar.after_thought(thought_budget(sampling.max_tokens))
         return dataclasses.replace(sampling, grammar=grammar)
 
     def _grammar(self, response_format: dict[str, Any]) -> Any:
@@ -302,7 +308,7 @@ class VllmEngine(Engine):
         self._SamplingParams, self._TokensPrompt = SamplingParams, TokensPrompt
         self._lora_requests = {name: LoRARequest(**fields)
                                for name, fields in lora_request_fields(self.settings.lora_modules).items()}
-        self._delta = RequestOutputKind.DELTA
+        self._delta, self._final_only = RequestOutputKind.DELTA, RequestOutputKind.FINAL_ONLY
         args = self.engine_args()
         log.info("vllm engine: %s", args)
         return AsyncLLM.from_engine_args(args)
@@ -317,9 +323,11 @@ class VllmEngine(Engine):
             detokenize=False,  # the server detokenizes (stop strings, think filtering)
             output_kind=self._delta)
 
-    async def constrain(self, sampling: Any, response_format: dict[str, Any]) -> Any:
+    async def constrain(self, sampling: Any, response_format: dict[str, Any], thinking: bool = False) -> Any:
         # vLLM compiles and enforces the grammar itself (engine_args picks its llguidance backend).
         # disable_any_whitespace is read per request by older vLLMs, from the engine config by newer.
+        # `thinking` is not passed on: without a reasoning parser (not configured here) vLLM applies
+        # the grammar from the first token (docs/serving.md).
         if response_format["type"] == "json_object":
             spec = dict(json_object=True, disable_any_whitespace=True)
         else:
@@ -337,53 +345,51 @@ class VllmEngine(Engine):
         sampling.structured_outputs = StructuredOutputsParams(**spec)
         return sampling
 
-    async def generate(self, prompt_ids: list[int], sampling: Any,
-                       request_id: str) -> AsyncIterator[TokenDelta]:
+    def _submit(self, prompt_ids: list[int], sampling: Any, request_id: str) -> AsyncIterator[Any]:
+        """vLLM's output stream of one request; it aborts the request when closed or cancelled."""
         prompt = self._TokensPrompt(prompt_token_ids=list(prompt_ids))
         sampling, lora = self.unbind_lora(sampling)
         lora_request = self._lora_requests[lora] if lora else None
-        # vLLM's generate aborts the request when it is closed or cancelled; closing it is our part.
-        stream = self._llm.generate(prompt, sampling, request_id, lora_request=lora_request)
-        async with contextlib.aclosing(stream):
+        return self._llm.generate(prompt, sampling, request_id, lora_request=lora_request)
+
+    async def generate(self, prompt_ids: list[int], sampling: Any,
+                       request_id: str) -> AsyncIterator[TokenDelta]:
+        stream = self._submit(prompt_ids, sampling, request_id)
+        async with contextlib.aclosing(stream):  # closing it is our part of aborting
             async for out in stream:
                 completion = out.outputs[0]
                 yield TokenDelta(list(completion.token_ids), out.finished, completion.finish_reason)
+
+    async def generate_final(self, prompts: list[list[int]], samplings: list[Any], request_ids: list[str], *,
+                             on_first_token: Callable[[int, float], None] | None = None,
+                             **kwargs: Any) -> list[FinalOutput]:
+        # vLLM's own non-streaming output kind (its OpenAI server's for stream=false): one RequestOutput
+        # per request, with all its tokens, instead of one event per token per request.
+        async def one(i: int) -> FinalOutput:
+            sampling, lora = self.unbind_lora(samplings[i])
+            final = sampling.clone()  # the caller's object stays a DELTA one
+            final.output_kind = self._final_only
+            start = time.perf_counter()
+            last = None
+            stream = self._submit(prompts[i], LoraSampling(final, lora), request_ids[i])
+            async with contextlib.aclosing(stream):
+                async for out in stream:
+                    last = out
+            if last is None or not last.finished:  # vLLM ended the stream without a final output
+                return FinalOutput([], "abort", None, time.perf_counter())
+            first = first_token_time(last, start)
+            if first is not None and on_first_token is not None:
+                on_first_token(i, first)
+            completion = last.outputs[0]
+            return FinalOutput(list(completion.token_ids), completion.finish_reason or "stop", first,
+                               time.perf_counter())
+
+        return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
 
     async def shutdown(self) -> None:
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
-
-
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
-
-
-def lora_ranks(model_path: str, modules: dict[str, str]) -> dict[str, int]:
-    """Each adapter's rank, after the native engine's checks against the model (vLLM's own errors for an
-    adapter that does not fit come per request, deep in a worker)."""
-    import json
-    from pathlib import Path
-
-    from qaforge.engine.layers.lora import load_adapter
-
-    hf_config = json.loads((Path(model_path) / "config.json").read_text())
-    return {name: load_adapter(name, path, hf_config).rank for name, path in modules.items()}
-
-
-def vllm_lora_args(ranks: dict[str, int]) -> dict[str, Any]:
-    """vLLM engine arguments that serve these adapters (name -> rank), all of them in one batch."""
-    top = max(ranks.values())
-    fits = [r for r in VLLM_LORA_RANKS if r >= top]
-    if not fits:
-        worst = max(ranks, key=ranks.get)
-        raise ValueError(f"LoRA adapter {worst!r} has rank {top}; vLLM serves ranks up to {VLLM_LORA_RANKS[-1]}")
-    return {"enable_lora": True, "max_loras": len(ranks), "max_lora_rank": fits[0]}
-
-
-def lora_request_fields(modules: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """name -> vllm.lora.request.LoRARequest's fields; vLLM wants ids unique and >= 1."""
-    return {name: {"lora_name": name, "lora_int_id": i + 1, "lora_path": path}
-            for i, (name, path) in enumerate(modules.items())}
 
 
 def make_engine(model_path: str, settings: ServeSettings) -> Engine:

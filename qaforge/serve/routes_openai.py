@@ -132,7 +132,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         raise ApiError(400, "tools are not supported", "tools")
     prompt_ids, splitter = chat_prompt(state, body)
     requested = body.max_completion_tokens or body.max_tokens
-    params = await constrained(service, _params(service, body, prompt_ids, requested, "messages", lora), body)
+    params = await constrained(service, _params(service, body, prompt_ids, requested, "messages", lora), body,
+                               thinking=splitter is not None)
     rid, created, model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), lora or state.settings.model_name
     stop = body.stop_list()
     if body.stream:

@@ -33,15 +33,17 @@ def requested_format(body: OpenAIFields) -> dict[str, Any] | None:
     return {"type": "json_schema", "schema": fmt.json_schema.schema_}
 
 
-async def constrained(service: GenerationService, sampling: Any, body: OpenAIFields) -> Any:
-    """`sampling`, restricted to the request's response_format when it has one."""
+async def constrained(service: GenerationService, sampling: Any, body: OpenAIFields,
+                      thinking: bool = False) -> Any:
+    """`sampling`, restricted to the request's response_format when it has one. In thinking mode (a chat
+    with enable_thinking) the model thinks first and the format applies to what follows its thought."""
     fmt = requested_format(body)
     if fmt is None:
         return sampling
     if isinstance(sampling, LoraSampling):  # constrain the engine's own object, keep the adapter binding
-        return LoraSampling(await constrained(service, sampling.sampling, body), sampling.lora)
+        return LoraSampling(await constrained(service, sampling.sampling, body, thinking), sampling.lora)
     try:
-        return await service.engine.constrain(sampling, fmt)
+        return await service.engine.constrain(sampling, fmt, thinking)
     except ValueError as exc:
         where = "response_format.json_schema" if fmt["type"] == "json_schema" else "response_format"
         raise ApiError(400, f"{where}: {exc}", "response_format") from None
