@@ -21,7 +21,7 @@ import torch
 
 from qaforge.engine import LLM, SamplingParams
 from qaforge.engine.config import EngineConfig
-from test_engine_core import build_random_qwen3, prompts_of
+from engine_helpers import prompts_of
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py says why
 
@@ -29,8 +29,8 @@ KW = dict(device="cpu", dtype="float32", max_model_len=256, max_num_seqs=8)
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_random_qwen3(tmp_path_factory.mktemp("overlap_rand_qwen3"))
+def model_dir(qwen3_dir):
+    return qwen3_dir  # conftest.py: one random tiny Qwen3 per session
 
 
 def pair(model_dir, **kw):
