@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Sequence
@@ -93,6 +94,42 @@ class FastTokenizer:
             return {"input_ids": self.encode(text, add_special_tokens)}
         encodings = self.backend_tokenizer.encode_batch(list(text), add_special_tokens=add_special_tokens)
         return {"input_ids": [e.ids for e in encodings]}
+
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """`self(texts, add_special_tokens=False)["input_ids"]`, with the texts' common head (a /predict
+        batch: the template's system turn) encoded once. The head ends right after an added token that no
+        added token can run past (`_safe_cut`), where the tokenizer splits the text anyway, so the ids
+        are the same; without such a point every text is encoded whole."""
+        cut = self._safe_cut(texts) if len(texts) > 1 else None
+        if cut is None:
+            return self(list(texts), add_special_tokens=False)["input_ids"]
+        head = self.encode(texts[0][:cut], add_special_tokens=False)
+        tails = self.backend_tokenizer.encode_batch([t[cut:] for t in texts], add_special_tokens=False)
+        return [head + e.ids for e in tails]
+
+    def _safe_cut(self, texts: Sequence[str]) -> int | None:
+        """Where the common head of `texts` may be cut: just after a raw-matched added token T, with no
+        added token starting inside the head and running past it (tokenizers matches added tokens
+        leftmost-longest on the raw text, then normalizes and pre-tokenizes each piece between them)."""
+        backend = self.backend_tokenizer
+        if backend.truncation is not None or backend.padding is not None:
+            return None
+        added = list(backend.get_added_tokens_decoder().values())
+        if any(t.lstrip or t.rstrip or t.single_word for t in added):
+            return None  # stripping would reach across the cut
+        head = os.path.commonprefix(list(texts))
+        raw = [t.content for t in added if not t.normalized]
+        cut = max((head.rfind(c) + len(c) for c in raw if c in head), default=0)
+        if cut == 0:
+            return None
+        head = head[:cut]
+        if any(head.endswith(a[:k]) for a in (t.content for t in added) for k in range(1, len(a))):
+            return None
+        enc = backend.encode(head, add_special_tokens=False)
+        last = head[cut - max(len(c) for c in raw if head.endswith(c)):]
+        if not enc.ids or enc.ids[-1] != backend.token_to_id(last) or enc.offsets[-1][1] != cut:
+            return None  # the token is not matched there (a longer one swallowed its start)
+        return cut
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids

@@ -137,3 +137,34 @@ def test_unknown_tokenizer_class_falls_back_to_transformers(tiny_model_dir, tmp_
     assert FastTokenizer.from_dir(copy) is None
     hf = load_serving_tokenizer(copy)
     assert not isinstance(hf, FastTokenizer) and hasattr(hf, "apply_chat_template")
+
+
+def test_encode_many_with_a_shared_head_gives_the_same_ids(pair):
+    fast, _ = pair
+    questions = ["什么是 warp？", "<|im_end|> starts this one", "im_start|> half a token", " x", "\n\n", "é"]
+    for system in (DEFAULT_SYSTEM_PROMPT, None, "<|im_start|>"):
+        for thinking in (False, True):
+            texts = [render_prompt(fast, build_messages(q, system), thinking) for q in questions]
+            assert fast._safe_cut(texts) is not None  # the system turn is shared: the short way is taken
+            assert fast.encode_many(texts) == fast(texts, add_special_tokens=False)["input_ids"]
+    # Heads that share the first bytes of a special token, or nothing special at all: encoded whole.
+    for texts in (["<|im_st", "<|im_sx"], ["plain a", "plain b"], ["<|im_start|>", "<|im_start|>"]):
+        assert fast.encode_many(texts) == fast(texts, add_special_tokens=False)["input_ids"]
+    assert fast._safe_cut(["plain a", "plain b"]) is None
+
+
+def test_encode_many_refuses_a_cut_an_added_token_could_run_past(tiny_model_dir):
+    from tokenizers import AddedToken
+
+    fast = FastTokenizer.from_dir(tiny_model_dir)
+    texts = [render_prompt(fast, build_messages(q)) for q in ("user one", "user two")]
+    cut = fast._safe_cut(texts)
+    assert texts[0][:cut].endswith("<|im_start|>")
+    # An added token that begins with the head's last token and continues into the tails: no safe cut
+    # there, yet the ids must still be the whole-text ones (which use the new token).
+    fast.backend_tokenizer.add_special_tokens([AddedToken("<|im_start|>user", special=True)])
+    assert fast._safe_cut(texts) != cut  # not after "<|im_start|>" any more (after the new token, or none)
+    assert fast.encode_many(texts) == fast(texts, add_special_tokens=False)["input_ids"]
+    assert fast.convert_tokens_to_ids("<|im_start|>user") in fast.encode_many(texts)[0]
+    fast.backend_tokenizer.add_special_tokens([AddedToken("\n", special=True, rstrip=True)])
+    assert fast._safe_cut(texts) is None  # stripping tokens reach across any cut
