@@ -60,6 +60,8 @@ def prompts_token_ids(tokenizer: Any, questions: Sequence[str],
     grader's thousand-question /predict a measurable part of its wall time less."""
     texts = [render_prompt(tokenizer, build_messages(q, system_prompt), enable_thinking)
              for q in questions]
+    if hasattr(tokenizer, "encode_many"):  # qaforge.fasttok: the shared system turn encoded once
+        return tokenizer.encode_many(texts)
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
