@@ -117,6 +117,35 @@ def activate(cache: CompileCache) -> CompileCache:
     return cache
 
 
+# torch's counters that say whether this process compiled or loaded from the cache (torch._dynamo.utils.counters)
+_COUNTERS = {"inductor": ("fxgraph_cache_hit", "fxgraph_cache_miss", "fxgraph_cache_bypass"),
+             "aot_autograd": ("autograd_cache_hit", "autograd_cache_miss", "autograd_cache_bypass",
+                              "autograd_cache_saved"),
+             "frames": ("total", "ok"), "stats": ("unique_graphs",)}
+_PHASES = 10  # the slowest compile phases reported (torch._dynamo.utils.compilation_time_metrics)
+
+
+def stats() -> dict[str, Any]:
+    """What this process's torch.compile did so far: cache hits/misses, graphs, recompiles, slowest phases.
+
+    `recompiles` counts guard failures (a compiled frame compiled again for new inputs); `phases_s` sums
+    torch's own timers, e.g. `aot_trace_joint_graph` (AOTAutograd work a cache hit skips) or
+    `_compile.compile_inner` (Dynamo's tracing, which no cache of torch skips)."""
+    try:
+        from torch._dynamo import utils as dynamo_utils
+    except ImportError:
+        return {}
+    out: dict[str, Any] = {}
+    for group, names in _COUNTERS.items():
+        values = dynamo_utils.counters.get(group, {})
+        out.update({f"{group}.{name}": int(values.get(name, 0)) for name in names if values.get(name, 0)})
+    out["recompiles"] = sum(len(v) for v in dynamo_utils.guard_failures.values())
+    metrics = getattr(dynamo_utils, "compilation_time_metrics", {})
+    phases = sorted(((name, sum(v)) for name, v in metrics.items()), key=lambda kv: -kv[1])[:_PHASES]
+    out["phases_s"] = {name: round(seconds, 2) for name, seconds in phases}
+    return out
+
+
 def finish(cache: CompileCache | None, timing: dict[str, Any]) -> None:
     """After a run: save the artifact bundle and the marker that makes the next run count as warm."""
     if cache is None or cache.directory is None or not timing:
@@ -130,6 +159,6 @@ def finish(cache: CompileCache | None, timing: dict[str, Any]) -> None:
         (cache.directory / MARKER).write_text(json.dumps(
             {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
              "first_step_s": timing.get("first_step_s (includes compilation)"),
-             "median_step_ms": timing.get("median_step_ms")}, indent=1))
+             "median_step_ms": timing.get("median_step_ms"), "compile_stats": stats()}, indent=1))
     except OSError as exc:
         log.warning("compile cache %s: not saved (%s)", cache.directory, exc)

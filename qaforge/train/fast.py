@@ -112,9 +112,32 @@ def packed_attention(q, k, v, cu_seq_lens, max_len: int, scaling: float | None):
         elif scaling is not None and abs(scaling - q.shape[-1] ** -0.5) > 1e-12:
             raise ValueError("this torch's varlen_attn has no `scale` argument and the model needs a custom one")
         return varlen_attn(q, k, v, cu_seq_lens, cu_seq_lens, max_len, max_len, **call_kwargs)
+    if torch.compiler.is_compiling():
+        return _block_causal_sdpa(q, k, v, cu_seq_lens, scaling)
     out = _segment_sdpa(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
                         cu_seq_lens, scaling)
     return out[0].transpose(0, 1)
+
+
+def _block_causal_sdpa(q, k, v, cu_seq_lens, scaling):
+    """The CPU path under torch.compile: one SDPA with a block-diagonal causal mask built by tensor ops.
+
+    `_segment_sdpa` reads the bounds on the host (.tolist()), which breaks the compiled graph into pieces
+    (and restarts Dynamo's analysis: AOTAutograd then traced each graph twice, on a warm cache too).
+    This keeps the CPU graph in one piece, the shape of the CUDA graph around torch's varlen kernel, so CPU
+    tests of compilation and its cache see what a GPU run compiles. [T, T] mask: CPU test sizes only.
+    """
+    tokens = q.shape[0]
+    position = torch.arange(tokens, device=q.device)
+    # (the full cu_seq_lens: slicing off its leading 0 made Dynamo specialise on the segment count)
+    segment = torch.searchsorted(cu_seq_lens.to(position.dtype), position, right=True) - 1
+    mask = (segment[:, None] == segment[None, :]) & (position[:, None] >= position[None, :])
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                         attn_mask=mask, scale=scaling)
+    return out.transpose(0, 1)
 
 
 def register_varlen_attention() -> str:

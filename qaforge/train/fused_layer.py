@@ -15,7 +15,7 @@ PEFT saves, merges and the Trainer optimises is exactly the one trained here):
 * q/k norm (Qwen3 only) and RoPE work in the [tokens, heads, head_dim] layout that varlen attention takes.
 
 The families differ only in what the weights hold (Qwen2: q/k/v biases, no q/k norm: `q_norm` is
-None), so ONE function serves both. It is compiled ONCE (`torch.compile(dynamic=True)`) and the same
+None), so ONE function serves both. It is compiled ONCE (token dimensions dynamic) and the same
 compiled graph serves all layers of a model, because the weights are arguments rather than module
 attributes; optionally the compiled layers replay as CUDA graphs. Evaluation (no grad) runs the same
 function uncompiled: a few batches per epoch do not pay for a second compilation. Falls back to the
@@ -221,7 +221,11 @@ def _compiled_layer_fn(cuda_graphs: bool):
         # "reduce-overhead": Inductor's CUDA-graph trees replay each layer's kernels (fwd and bwd) as one
         # graph. Without it the step is launch-bound: ~2,700 kernels per T1 step cost more host time
         # (157 ms) than the GPU needs to run them (75 ms), measured on the H200 2026-12-01.
-        _COMPILED[key] = torch.compile(fused_decoder_layer, dynamic=True,
+        # dynamic=None + the token dimensions marked dynamic at each call (_mark_token_dims): ONE graph for all
+        # row lengths with everything else static. dynamic=True made every size symbolic, weights and head
+        # counts included, and duck sizing then tied a token-dependent size to a weight's whenever the first
+        # batch made them equal (cu_seq_lens' 4 entries == LoRA rank 4 on CPU): a recompile per new length.
+        _COMPILED[key] = torch.compile(fused_decoder_layer, dynamic=None,
                                        mode="reduce-overhead" if cuda_graphs else None)
     return _COMPILED[key]
 
@@ -240,6 +244,17 @@ def _no_gc_per_graph_capture() -> None:
 
 
 SEGMENT_SLOTS = 16  # cu_seq_lens is padded to a multiple of this many entries
+MAX_LEN_BOUND = 512  # the compiled layer gets max_len rounded up to a multiple of this (a static int)
+
+
+def _mark_token_dims(x, cos, sin, cu_seq_lens, max_len: int):
+    """Before a compiled call: the token and segment counts are dynamic (one graph serves every row), and
+    max_len becomes a bound that rarely changes. Flash attention uses max_len only to size its grid (the
+    segments are in cu_seq_lens); a raw max_len, different nearly every step, would be one recompile as
+    Dynamo makes it dynamic, and a symbol (with its guards) in every graph after that."""
+    for tensor in (x, cos, sin, cu_seq_lens):
+        torch._dynamo.maybe_mark_dynamic(tensor, 0)
+    return -(-max_len // MAX_LEN_BOUND) * MAX_LEN_BOUND
 
 
 def _pad_packed_row(x, cos, sin, cu_seq_lens, max_len: int, multiple: int):
@@ -303,6 +318,8 @@ def _fused_forward(original_forward, statics: dict, layer_fn, first: bool, cuda_
             if pad_to_multiple_of:
                 x, cos, sin, cu_seq_lens, max_len = _pad_packed_row(x, cos, sin, cu_seq_lens, max_len,
                                                                     pad_to_multiple_of)
+            if run is not fused_decoder_layer:
+                max_len = _mark_token_dims(x, cos, sin, cu_seq_lens, max_len)
         out = run(x, cos, sin, cu_seq_lens, max_len, weights, keep, **statics)
         return out[:tokens][None]
 

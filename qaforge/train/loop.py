@@ -35,6 +35,13 @@ class QaforgeTrainer(Trainer):
             return super()._track_num_input_tokens(inputs)
         self.state.num_input_tokens_seen += int(inputs["input_ids"].numel())
 
+    def _get_num_items_in_batch(self, batch_samples, device):
+        """The loss's token count from the collator's host-side `label_positions` (exactly the labelled next
+        tokens Trainer counts): a Python int, so no count kernels and no blocking host-to-GPU copy per step."""
+        if world_size() > 1 or not batch_samples or any("label_positions" not in b for b in batch_samples):
+            return super()._get_num_items_in_batch(batch_samples, device)
+        return sum(int(b["label_positions"].numel()) for b in batch_samples)
+
 
 @dataclass
 class StepPlan:
@@ -84,6 +91,9 @@ def training_arguments(config: TrainConfig, out_dir: Path, device: str, dtype: t
         include_num_input_tokens_seen=True,
         dataloader_num_workers=config.dataloader_workers,
         dataloader_pin_memory=on_cuda,
+        # pinned batches copied to the GPU asynchronously: a blocking copy waits for the previous step's
+        # kernels to finish before the next step may launch anything
+        accelerator_config={"non_blocking": on_cuda},
         disable_tqdm=not is_main_process(),
     )
 

@@ -129,6 +129,8 @@ def main(run: Run, resume: bool | str | None = None,
                  callbacks=callbacks)
     if not fitted.trainer.is_world_process_zero():
         return {}
+    if fast_info.get("compile"):  # what torch.compile did in this run: cache hits, graphs, recompiles, phases
+        fast_info["compile_stats"] = compile_cache.stats()
     compile_cache.finish(cache, fitted.timing)  # the next run of this model compiles from the cache
     fitted.trainer.save_model(str(out_dir))  # adapter_config.json + adapter_model.safetensors
     run.tokenizer.save_pretrained(out_dir)

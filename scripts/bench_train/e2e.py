@@ -12,7 +12,10 @@
 
 Every variant reports the same figures: wall time of the training call (model load to saved output, compile
 included), first step, median step, steady tokens/s (real tokens over the step gaps that are not one-offs:
-gaps over 3x the median, i.e. compilation, evaluation, CUDA-graph recordings, are left out) and peak memory.
+gaps over 3x the median, i.e. compilation, evaluation, CUDA-graph recordings, are left out), the number of
+distinct batch shapes (padded [rows, longest] for plain HF, packed row lengths for qaforge), what torch.compile
+did (`compile_stats`: cache hits and misses, recompiles, slowest phases; qaforge.train.compile_cache.stats)
+and peak memory.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from qaforge.train import compile_cache
 from scripts.bench_train.workload import TARGETS, padded
 
 
@@ -36,6 +40,7 @@ class Progress:
         self.path = path
         self.step_ends: list[float] = []
         self.tokens: list[int] = []
+        self.shapes: set = set()  # distinct batch shapes: what a static compile or a CUDA graph is made per
         self.begin = time.perf_counter()
 
     def write(self, **event) -> None:
@@ -43,15 +48,16 @@ class Progress:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"t": round(time.perf_counter() - self.begin, 3), **event}) + "\n")
 
-    def step(self, tokens: int, every: int = 10) -> None:
+    def step(self, tokens: int, shape=None, every: int = 10) -> None:
         self.step_ends.append(time.perf_counter())
         self.tokens.append(tokens)
+        self.shapes.add(shape if shape is not None else tokens)
         n = len(self.step_ends)
         if n == 1 or n % every == 0:
             self.write(event="step", step=n, **self.summary())
 
     def summary(self) -> dict:
-        return step_summary(self.begin, self.step_ends, self.tokens)
+        return {**step_summary(self.begin, self.step_ends, self.tokens), "distinct_shapes": len(self.shapes)}
 
 
 def step_summary(begin: float, ends: list[float], tokens: list[int]) -> dict:
@@ -128,14 +134,15 @@ def run_plain(files: dict, device: str, max_steps: int, progress: Progress, comp
             step += 1
             if step == 1 or step % 10 == 0:  # a plain script prints its loss now and then (a GPU sync)
                 last_loss = loss.item()
-            progress.step(sum(len(ids) for ids, _ in batch))
+            progress.step(sum(len(ids) for ids, _ in batch), (len(batch), max(len(ids) for ids, _ in batch)))
             if step >= total:
                 break
         eval_losses.append(plain_eval(call, model, exam, device, pad_id))
     _sync(device)
     model.save_pretrained(out_dir / "adapter")
     return {"wall_s": round(time.perf_counter() - start, 1), **progress.summary(), "planned_steps": total,
-            "eval_loss": eval_losses, "last_logged_loss": round(last_loss, 4), **peak_memory(device)}
+            "eval_loss": eval_losses, "last_logged_loss": round(last_loss, 4),
+            "compile_stats": compile_cache.stats() if compiled else None, **peak_memory(device)}
 
 
 @torch.no_grad()
@@ -161,7 +168,7 @@ def run_qaforge(files: dict, device: str, max_steps: int, progress: Progress, co
 
         def on_step_end(self, args, state, control, **kwargs):
             now = int(state.num_input_tokens_seen or 0)
-            progress.step(now - Steps.seen)
+            progress.step(now - Steps.seen)  # a packed row of this many tokens: its shape
             Steps.seen = now
 
     start = time.perf_counter()
@@ -175,4 +182,5 @@ def run_qaforge(files: dict, device: str, max_steps: int, progress: Progress, co
             "eval_loss": [e["eval_loss"] for e in results["eval_loss_per_epoch"]],
             "time_split": speed.get("time_split"), "notices": speed.get("notices"),
             "compile_paid_off": speed.get("compile_paid_off"), "fast_path": results["fast_path"],
-            "timing": results["timing"], **peak_memory(device)}
+            "timing": results["timing"], "compile_stats": results["fast_path"].get("compile_stats"),
+            **peak_memory(device)}

@@ -17,8 +17,8 @@ from scripts.bench_train.worker import E2E
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VARIANTS = "hf_peft,qaforge_cold,qaforge_warm,hf_peft_compile"
-COLUMNS = ("status", "wall_s", "first_step_s", "steps", "median_step_ms", "steady_tok_s", "peak_alloc_GiB",
-           "peak_reserved_GiB")
+COLUMNS = ("status", "wall_s", "first_step_s", "steps", "median_step_ms", "steady_tok_s", "distinct_shapes",
+           "cache_fx_aot", "recompiles", "peak_alloc_GiB", "peak_reserved_GiB")
 
 
 def parse_args(argv=None):
@@ -170,13 +170,23 @@ def table(runs: dict) -> list[dict]:
     base = runs.get("hf_peft", {}).get("wall_s")
     rows = []
     for name, r in runs.items():
-        row = {"variant": name, **{c: r.get(c) for c in COLUMNS}}
+        row = {"variant": name, **{c: r.get(c) for c in COLUMNS}, **cache_columns(r.get("compile_stats"))}
         if name in E2E and base and r.get("wall_s") and r.get("status") == "ok":
             row["hf_peft_wall_over_this"] = round(base / r["wall_s"], 2)
         if name not in E2E and "tok_s" in r:  # T1 micro variants
             row.update(steady_tok_s=r["tok_s"], median_step_ms=r.get("step_ms"), peak_alloc_GiB=r.get("peak_GiB"))
         rows.append(row)
     return rows
+
+
+def cache_columns(stats: dict | None) -> dict:
+    """`cache_fx_aot`: Inductor FX-graph cache hits/misses and AOTAutograd cache hits/misses, e.g. "10/0 6/0"."""
+    if not stats:
+        return {}
+    g = lambda key: stats.get(key, 0)  # noqa: E731
+    return {"cache_fx_aot": f"{g('inductor.fxgraph_cache_hit')}/{g('inductor.fxgraph_cache_miss')} "
+                            f"{g('aot_autograd.autograd_cache_hit')}/{g('aot_autograd.autograd_cache_miss')}",
+            "recompiles": stats.get("recompiles")}
 
 
 def print_table(res: dict) -> None:
@@ -187,6 +197,8 @@ def print_table(res: dict) -> None:
     for name, r in res["runs"].items():
         if r.get("time_split"):
             print(f"{name}: time split {json.dumps(r['time_split'])}")
+        if r.get("compile_stats"):
+            print(f"{name}: compile {json.dumps(r['compile_stats'])}")
         for notice in r.get("notices") or []:
             print(f"{name}: NOTE {notice}")
 

@@ -47,10 +47,13 @@ stage_engines() {  # CONFIGS: extra --config args; the defaults compare the nati
   $PY -m scripts.engines_same_run --model "$MODEL" "${cfg[@]}" --timeout 240 --out "$W/res/engines.json" 2>&1 \
     | tee "$W/res/engines_full.log" | grep -vE "INFO|WARNING|it/s\]" | tail -40
 }
-stage_train() {  # fast_v7 end to end on TRAIN_MODEL (default: the Qwen2.5 shape), seed lengths: plain HF + PEFT, qaforge
+stage_train() {  # fast_v7 end to end on TRAIN_MODEL (default: the Qwen2.5 shape), seed lengths: plain HF + PEFT (eager and
+  # torch.compile), qaforge cold and its second run (warm compile cache); the batch-shape count first (CPU, seconds)
+  $PY -m scripts.bench_train.shapes --tokenizer "$TOK" --data "${TRAIN_DATA:-/tmp/rwdata/train.jsonl}" \
+    > "$W/res/train_shapes.json" 2>&1; tail -c 600 "$W/res/train_shapes.json"
   $PY -m scripts.bench_train --model "${TRAIN_MODEL:-$MODEL2}" --data "${TRAIN_DATA:-/tmp/rwdata/train.jsonl}" --exam "$EXAM" \
     --out "$W/res/bench_train" ${BENCH_ARGS:---budget-s 420 --timeout-s 200} \
-    2>&1 | grep -vE "it/s\]|Warning" | tail -30
+    2>&1 | grep -vE "it/s\]|Warning" | tail -40
 }
 wait_ready() {  # url: seconds until GET / answers 200 (the grader's "ready")
   $PY -c "import sys,time,httpx
