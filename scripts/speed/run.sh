@@ -35,8 +35,9 @@ m.save_pretrained('$MODEL2')"
   ls "$MODEL2"
 }
 stage_gputests() {  # the CUDA tests of the new engine paths (fp8, LoRA, chunked prefill)
-  $PY -m pytest -q -s -m gpu -p no:cacheprovider -o log_cli=false --tb=short tests/test_engine_fp8.py tests/test_engine_lora.py tests/test_engine_chunked.py \
-    tests/test_engine_qwen2.py tests/test_train_fused.py 2>&1 | grep -vE "^\s*$|Warning|warn" | tail -30
+  local files=(${GPUTESTS:-tests/test_engine_fp8.py tests/test_engine_lora.py tests/test_engine_chunked.py tests/test_engine_qwen2.py
+    tests/test_engine_overlap.py tests/test_train_fused.py})
+  $PY -m pytest -q -s -m gpu -p no:cacheprovider -o log_cli=false --tb=short "${files[@]}" 2>&1 | grep -vE "^\s*$|Warning|warn" | tail -30
 }
 stage_engines() {  # CONFIGS: extra --config args; the defaults compare the native switches with vLLM bf16
   local cfg=(${CONFIGS:-})
@@ -44,7 +45,8 @@ stage_engines() {  # CONFIGS: extra --config args; the defaults compare the nati
     --config 'native_kv8:{"kv_cache_dtype": "fp8"}' --config 'native_fp8:{"kv_cache_dtype": "fp8", "quantization": "fp8"}'
     --config 'native_512:{"max_num_seqs": 512}' --config 'vllm_bf16:{"max_num_seqs": 512}')
   # the whole log stays in res/ (a failed vLLM start names its root cause far above the traceback's end)
-  $PY -m scripts.engines_same_run --model "$MODEL" "${cfg[@]}" --timeout 240 --out "$W/res/engines.json" 2>&1 \
+  $PY -m scripts.engines_same_run --model "$MODEL" "${cfg[@]}" ${WORKLOADS:+--workloads $WORKLOADS} --timeout 240 \
+    --out "$W/res/engines.json" 2>&1 \
     | tee "$W/res/engines_full.log" | grep -vE "INFO|WARNING|it/s\]" | tail -40
 }
 stage_train() {  # fast_v7 end to end on TRAIN_MODEL (default: the Qwen2.5 shape), seed lengths: plain HF + PEFT (eager and
@@ -91,6 +93,10 @@ stage_grader_vllm() {  # the grader over HTTP against `qaforge serve --engine vl
   $PY -m qaforge eval --grader http://127.0.0.1:8001 --data "$W/exam192.jsonl" --tokenizer "$MODEL" --repeat 3 \
     --out "$W/res/grader_vllm" 2>&1 | tail -12
   kill -TERM -- -"$(cat $W/serve_vllm.pid)"; sleep 5
+}
+stage_ready() {  # seconds until GET / = 200 for the native server, READY_RUNS fresh processes (scripts/ready_time.py)
+  $PY -m scripts.ready_time --runs ${READY_RUNS:-3} --out "$W/res/ready_native.json" -- --model "$MODEL" --engine native \
+    --max-model-len 1024 --max-num-seqs 512 2>&1 | tail -12
 }
 stage_pack() { tar czf "$OUT/speed_$(date +%H%M%S).tgz" -C "$W" res log 2>/dev/null; ls -la "$OUT"; }
 
