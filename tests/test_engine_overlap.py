@@ -260,11 +260,6 @@ def test_gpu_async_scheduling_equals_sync_bf16(tmp_path):
         outs[(flag, "one")] = llm.generate([prompts[0]], one)[0].token_ids
         torch.cuda.synchronize()
         ms[flag] = round((time.perf_counter() - t0) * 1000 / 256, 3)
-        # endings by stop id (rows that run one step past their end) and seeded sampled rows beside greedy ones
-        mixed = [SamplingParams(temperature=0.0, max_tokens=120, stop_token_ids=(o[len(o) // 2],)) if i % 2 else
-                 SamplingParams(temperature=0.8, top_k=40, max_tokens=100, seed=i, ignore_eos=True)
-                 for i, o in enumerate(outs[False][:40])]
-        outs[(flag, "mixed")] = [o.token_ids for o in llm.generate(prompts[:40], mixed)]
         if flag:
             assert llm.stats()["overlapped_steps"] > 200
         del llm
@@ -273,8 +268,21 @@ def test_gpu_async_scheduling_equals_sync_bf16(tmp_path):
     same = sum(a == b for a, b in zip(outs[False], outs[True]))
     assert same == len(prompts), f"{same}/{len(prompts)} requests equal"
     assert outs[(False, "one")] == outs[(True, "one")]
-    # a stop row's extra step changes the next step's batch size for one step, and bf16 GEMMs may round a
-    # row differently at another batch size: most rows, not all, are required to match here
+    # Endings by stop id (rows that run one step past their end) and seeded sampled rows beside greedy ones,
+    # in fp32: in bf16 the extra step of a finished row changes the next step's batch size, and an eager bf16
+    # GEMM rounds a row differently at another M. The H200 run of 2026-12-02 found 16/40 such rows equal in
+    # bf16 (random weights are near-tied often), so bf16 cannot tell a scheduling bug from rounding; fp32 can.
+    mixed = [SamplingParams(temperature=0.0, max_tokens=120, stop_token_ids=(o[len(o) // 2],)) if i % 2 else
+             SamplingParams(temperature=0.8, top_k=40, max_tokens=100, seed=i, ignore_eos=True)
+             for i, o in enumerate(outs[False][:40])]
+    for flag in (False, True):
+        llm = LLM(d, async_scheduling=flag, **{**kw, "dtype": "float32"})
+        outs[(flag, "mixed")] = [o.token_ids for o in llm.generate(prompts[:40], mixed)]
+        if flag:
+            assert llm.stats()["overlapped_steps"] > 50
+        del llm
+        torch.cuda.empty_cache()
     same = sum(a == b for a, b in zip(outs[(False, "mixed")], outs[(True, "mixed")]))
-    print(f"stop-id and seeded rows: {same}/40 equal")
-    assert same >= 36
+    print(f"stop-id and seeded rows, fp32: {same}/40 equal")
+    # fp32 GEMMs of another M may still differ in the last bit; a flip needs a near-exact tie (rare): allow one
+    assert same >= 39, f"{same}/40 stop-id and seeded rows equal in fp32"
