@@ -109,6 +109,38 @@ def step_breakdown(llm):
     return out
 
 
+def graph_kernels(llm, sizes=(1, 16)):
+    """The kernels inside one decode graph's replay (CUPTI sees them), by total time: what a one-stream step is
+    made of. Also the sum of kernel times against the replay's wall time (the gaps are launch latency)."""
+    from torch.profiler import ProfilerActivity, profile
+    runner, out, n = llm.runner, {}, 20
+    for B in sizes:
+        bs = next(s for s in runner.graph_sizes if s >= B)
+        if bs not in runner.graphs:
+            runner._capture(bs)
+        g = runner.graphs[bs]
+        for _ in range(3):
+            g.replay()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            t = time.perf_counter()
+            for _ in range(n):
+                g.replay()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - t) / n * 1e3
+        ev = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in ev) / 1e3 / n
+        launches = sum(e.count for e in ev) / n
+        top = sorted(ev, key=lambda e: e.self_device_time_total, reverse=True)[:14]
+        out[f"B{bs}"] = {"replay_wall_ms": round(wall, 3), "kernel_sum_ms": round(busy, 3), "kernels": round(launches),
+                         "top": {e.key[:90]: [round(e.self_device_time_total / n, 1), round(e.count / n, 1)]
+                                 for e in top}}  # us per replay, launches per replay
+        print(f"[graph B{bs}] wall {wall:.3f} ms, kernels {launches:.0f}, sum of kernel times {busy:.3f} ms", flush=True)
+        for k, v in out[f"B{bs}"]["top"].items():
+            print(f"    {v[0]:8.1f} us  x{v[1]:5.1f}  {k}", flush=True)
+    return out
+
+
 def main():
     print(torch.__version__, torch.cuda.get_device_name(0), flush=True)
     bench.make_random_qwen3_06b(MODEL)
@@ -118,6 +150,11 @@ def main():
     llm = LLM(MODEL, device="cuda", max_model_len=4096, max_num_seqs=1024, gpu_memory_utilization=0.85)
     llm.generate([[5] * 100] * 4, SamplingParams(max_tokens=8, temperature=0))
     res["step"] = step_breakdown(llm)
+    res["graph_kernels"] = graph_kernels(llm)
+    if "--kernels-only" in sys.argv:
+        with open(os.path.join(OUT, "engine_profile.json"), "w") as f:
+            json.dump(res, f, indent=1)
+        return
     import cProfile, pstats
     # prefill probe: two batches of fresh prompts of W1's lengths (is the first slower: compilation?)
     prompts, _ = bench.nano_workload(256, 0)

@@ -58,6 +58,8 @@ def test_train_profile_env_is_honoured(monkeypatch):
     ({"max_seq_len": 8}, "max_seq_len"),
     ({"lr_scheduler": "magic"}, "lr_scheduler"),
     ({"no_such_key": 1}, "unknown override"),
+    ({"profile_steps": "5-5"}, "profile_steps"),
+    ({"profile_steps": "40"}, "profile_steps"),
 ])
 def test_bad_values_fail_clearly(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -27,7 +27,7 @@ def _config(model_dir, qa, out, **overrides):
 @pytest.fixture(scope="module")
 def finished_run(random_model_dir, qa_files, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("run")
-    return out, train(_config(random_model_dir, qa_files, out))
+    return out, train(_config(random_model_dir, qa_files, out, profile_steps="2-4"))
 
 
 def test_output_layout_and_results(finished_run):
@@ -54,6 +54,11 @@ def test_output_layout_and_results(finished_run):
     # the host-side token count (no per-step GPU sync) counts every real token of both epochs
     assert results["train"]["tokens_seen"] == 2 * results["data"]["train"]["tokens"]
     assert results["fast_path"]["fused_layers"] > 0 and results["fast_path"]["cuda_graphs"] is False  # CPU
+    # profile_steps "2-4": torch.profiler over the 3rd and 4th steps, tables and a summary beside the results
+    profile = json.loads((out / "step_profile.json").read_text())
+    assert profile["steps"] == [2, 4] and profile["wall_ms_per_step"] > 0
+    assert profile["device_busy_ms_per_step"] is None and profile["top_host_ms_per_step"]  # CPU: host ops only
+    assert "Self CPU" in (out / "step_profile.txt").read_text()
     timing = results["timing"]
     assert timing["steps_timed"] == 6 and timing["median_step_ms"] > 0 and len(timing["eval_s"]) == 2
 

@@ -27,6 +27,15 @@ _DEVICES = ("auto", "cpu", "cuda")
 _ATTENTION = ("auto", "varlen", "sdpa", "eager", "flash_attention_2")
 
 
+def _steps_range(text: str) -> tuple[int, int] | None:
+    """'A-B' -> (A, B) with 1 <= A < B; None when the text is not that (a dash: YAML reads 40:46 as a number)."""
+    a, sep, b = str(text).partition("-")
+    if not sep or not a.strip().isdigit() or not b.strip().isdigit():
+        return None
+    lo, hi = int(a), int(b)
+    return (lo, hi) if 1 <= lo < hi else None
+
+
 @dataclass
 class TrainConfig:
     """Everything one LoRA SFT run depends on. Saved as `train_config.json` with every run."""
@@ -83,6 +92,7 @@ class TrainConfig:
 
     # outputs and evaluation
     logging_steps: int = 10
+    profile_steps: str | None = None  # "A-B": torch.profiler over optimizer steps A..B-1 -> <output_dir>/step_profile.*
     save_steps: int | None = None  # None: a checkpoint at the end of every epoch
     save_total_limit: int | None = 2
     tensorboard: bool = True
@@ -122,6 +132,8 @@ class TrainConfig:
         need(self.device in _DEVICES, f"device must be one of {_DEVICES}, got {self.device!r}")
         need(self.dtype in _DTYPES, f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
         need(self.logging_steps >= 1, "logging_steps must be >= 1")
+        need(self.profile_steps is None or _steps_range(self.profile_steps) is not None,
+             f"profile_steps must be 'A-B' with 1 <= A < B, got {self.profile_steps!r}")
         need(self.save_steps is None or self.save_steps >= 1, "save_steps must be >= 1 or null")
         need(self.max_new_tokens >= 1, "max_new_tokens must be >= 1")
         need(0.0 < self.repetition_penalty <= 2.0, f"repetition_penalty must be in (0, 2], got {self.repetition_penalty}")

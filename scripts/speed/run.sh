@@ -57,6 +57,17 @@ stage_train() {  # fast_v7 end to end on TRAIN_MODEL (default: the Qwen2.5 shape
     --out "$W/res/bench_train" ${BENCH_ARGS:---budget-s 420 --timeout-s 200} \
     2>&1 | grep -vE "it/s\]|Warning" | tail -40
 }
+stage_profile() {  # where a step's time goes: fast_v7 (compiled, then eager) profiled over steps 40..45 on the Qwen2.5
+  # shape, then the kernels inside the engine's decode graph at batch 1 and 16 (scripts/profile_engine_gpu.py)
+  for c in compile no-compile; do
+    $PY -m qaforge train --profile fast_v7 --model "${TRAIN_MODEL:-$MODEL2}" --data "${TRAIN_DATA:-/tmp/rwdata/train.jsonl}" \
+      --exam "$EXAM" --output-dir "$W/res/prof_$c" --max-steps ${PROF_STEPS:-60} --no-rouge --$c \
+      --set profile_steps=40-46 --set tensorboard=false 2>&1 | grep -E "step profile|Error|error" | tail -5
+    head -c 5000 "$W/res/prof_$c/step_profile.txt"; cat "$W/res/prof_$c/step_profile.json"
+    rm -rf "$W/res/prof_$c/merged_model" "$W/res/prof_$c"/checkpoint-* "$W/res/prof_$c"/adapter_model.safetensors
+  done
+  OUT="$W/res" $PY -m scripts.profile_engine_gpu --kernels-only 2>&1 | grep -E "^\[|us  x" | head -60
+}
 wait_ready() {  # url: seconds until GET / answers 200 (the grader's "ready")
   $PY -c "import sys,time,httpx
 t=time.time()
