@@ -59,7 +59,7 @@ stage_train() {  # fast_v7 end to end on TRAIN_MODEL (default: the Qwen2.5 shape
 }
 stage_profile() {  # where a step's time goes: fast_v7 (compiled, then eager) profiled over steps 40..45 on the Qwen2.5
   # shape, then the kernels inside the engine's decode graph at batch 1 and 16 (scripts/profile_engine_gpu.py)
-  for c in compile no-compile; do
+  for c in ${PROF_MODES:-compile no-compile}; do
     $PY -m qaforge train --profile fast_v7 --model "${TRAIN_MODEL:-$MODEL2}" --data "${TRAIN_DATA:-/tmp/rwdata/train.jsonl}" \
       --exam "$EXAM" --output-dir "$W/res/prof_$c" --max-steps ${PROF_STEPS:-60} --no-rouge --$c \
       --set profile_steps=40-46 --set tensorboard=false 2>&1 | grep -E "step profile|Error|error" | tail -5
