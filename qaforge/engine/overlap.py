@@ -25,6 +25,11 @@ import torch
 from .sequence import Sequence
 
 
+# A decode batch of fewer rows takes the synchronous path: at one stream the overlap saved nothing (the graph
+# replay is ~90 % of the step) and its extra device copies made W2 5 % slower (docs/benchmarks.md, 2026-12-02).
+MIN_ROWS = 2
+
+
 def overlappable(seq: Sequence) -> bool:
     """Rows whose tokens do not depend on the batch around them nor on host state updated per token: greedy,
     or sampled from the request's own seeded generator (an extra row after its end draws from that generator
@@ -85,7 +90,7 @@ class OverlapPipeline:
             batch = sched.schedule()
             if not batch.seqs:
                 return []
-            if batch.is_prefill or not all(overlappable(s) for s in batch.seqs):
+            if batch.is_prefill or len(batch.seqs) < MIN_ROWS or not all(overlappable(s) for s in batch.seqs):
                 return llm.run_batch(batch)
             self.pending = self._launch(batch.seqs)
         done, self.pending = self.pending, None
