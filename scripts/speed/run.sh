@@ -66,7 +66,7 @@ stage_profile() {  # where a step's time goes: fast_v7 (compiled, then eager) pr
     head -c 5000 "$W/res/prof_$c/step_profile.txt"; cat "$W/res/prof_$c/step_profile.json"
     rm -rf "$W/res/prof_$c/merged_model" "$W/res/prof_$c"/checkpoint-* "$W/res/prof_$c"/adapter_model.safetensors
   done
-  OUT="$W/res" $PY -m scripts.profile_engine_gpu --kernels-only 2>&1 | grep -E "^\[|us  x" | head -60
+  [ -n "${PROF_ENGINE-1}" ] && OUT="$W/res" $PY -m scripts.profile_engine_gpu --kernels-only 2>&1 | grep -E "^\[|us  x" | head -60
 }
 wait_ready() {  # url: seconds until GET / answers 200 (the grader's "ready")
   $PY -c "import sys,time,httpx
