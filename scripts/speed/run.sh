@@ -95,6 +95,19 @@ stage_serve() {  # the grader over HTTP (192 questions, x3) and the same prompts
   $PY -m scripts.grader_engine_alone --model "$MODEL" --data "$W/exam192.jsonl" --out "$W/res/grader_engine.json" \
     --max-num-seqs 512 2>&1 | tail -5
 }
+stage_grader_native() {  # the grader over HTTP only, once per engine-args JSON in GRADER_CONFIGS (label=json without spaces, space-separated)
+  head -192 "$EXAM" > "$W/exam192.jsonl"
+  for item in ${GRADER_CONFIGS:-native={}}; do
+    local label=${item%%=*} args=${item#*=}
+    QAFORGE_ENGINE_ARGS="$args" setsid $PY -m qaforge serve --model "$MODEL" --engine native --port 8000 --max-model-len 1024 \
+      --max-num-seqs 512 > "$W/log/serve_$label.log" 2>&1 & echo $! > "$W/serve.pid"
+    echo "--- $label: QAFORGE_ENGINE_ARGS=$args"; wait_ready http://127.0.0.1:8000/
+    $PY -m qaforge eval --grader http://127.0.0.1:8000 --data "$W/exam192.jsonl" --tokenizer "$MODEL" --repeat 3 \
+      --out "$W/res/grader_$label" 2>&1 | tail -6
+    $PY -c "import httpx; print(httpx.get('http://127.0.0.1:8000/health').text[:600])"
+    kill -TERM -- -"$(cat $W/serve.pid)"; sleep 3
+  done
+}
 stage_grader_vllm() {  # the grader over HTTP against `qaforge serve --engine vllm`; VLLM_ARGS default: the seed's config
   head -192 "$EXAM" > "$W/exam192.jsonl"
   setsid $PY -m qaforge serve --model "$MODEL" --engine vllm --port 8001 --max-model-len 1024 \
