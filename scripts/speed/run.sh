@@ -68,16 +68,18 @@ stage_profile() {  # where a step's time goes: fast_v7 (compiled, then eager) pr
   done
   [ -n "${PROF_ENGINE-1}" ] && OUT="$W/res" $PY -m scripts.profile_engine_gpu --kernels-only 2>&1 | grep -E "^\[|us  x" | head -60
 }
-wait_ready() {  # url: seconds until GET / answers 200 (the grader's "ready")
-  $PY -c "import sys,time,httpx
+wait_ready() {  # url [pid]: seconds until GET / answers 200 (the grader's "ready"); gives up at once if pid exits
+  $PY -c "import os,sys,time,httpx
 t=time.time()
+pid = int(sys.argv[2]) if len(sys.argv) > 2 else None
 while True:
     try:
         if httpx.get(sys.argv[1], timeout=2).status_code == 200: break
     except httpx.HTTPError: pass
+    if pid is not None and not os.path.exists(f'/proc/{pid}'): sys.exit(f'server (pid {pid}) exited before ready')
     if time.time() - t > 300: sys.exit('not ready after 300 s')
     time.sleep(0.2)
-print(f'ready after {time.time() - t:.1f} s (HTTP GET / = 200)')" "$1"
+print(f'ready after {time.time() - t:.1f} s (HTTP GET / = 200)')" "$@"
 }
 stage_serve() {  # the grader over HTTP (192 questions, x3) and the same prompts through the engine alone
   head -192 "$EXAM" > "$W/exam192.jsonl"
@@ -97,11 +99,14 @@ stage_serve() {  # the grader over HTTP (192 questions, x3) and the same prompts
 }
 stage_grader_native() {  # the grader over HTTP only, once per engine-args JSON in GRADER_CONFIGS (label=json without spaces, space-separated)
   head -192 "$EXAM" > "$W/exam192.jsonl"
-  for item in ${GRADER_CONFIGS:-native={}}; do
+  local configs=${GRADER_CONFIGS-}
+  [ -n "$configs" ] || configs='native={}'  # (not ${X:-native={}}: bash ends that at the first })
+  for item in $configs; do
     local label=${item%%=*} args=${item#*=}
     QAFORGE_ENGINE_ARGS="$args" setsid $PY -m qaforge serve --model "$MODEL" --engine native --port 8000 --max-model-len 1024 \
       --max-num-seqs 512 > "$W/log/serve_$label.log" 2>&1 & echo $! > "$W/serve.pid"
-    echo "--- $label: QAFORGE_ENGINE_ARGS=$args"; wait_ready http://127.0.0.1:8000/
+    echo "--- $label: QAFORGE_ENGINE_ARGS=$args"
+    wait_ready http://127.0.0.1:8000/ "$(cat $W/serve.pid)" || { tail -5 "$W/log/serve_$label.log"; continue; }
     $PY -m qaforge eval --grader http://127.0.0.1:8000 --data "$W/exam192.jsonl" --tokenizer "$MODEL" --repeat 3 \
       --out "$W/res/grader_$label" 2>&1 | tail -6
     $PY -c "import httpx; print(httpx.get('http://127.0.0.1:8000/health').text[:600])"
