@@ -39,11 +39,12 @@ stage_gputests() {  # the CUDA tests of the new engine paths (fp8, LoRA, chunked
     tests/test_engine_overlap.py tests/test_train_fused.py})
   $PY -m pytest -q -s -m gpu -p no:cacheprovider -o log_cli=false --tb=short "${files[@]}" 2>&1 | grep -vE "^\s*$|Warning|warn" | tail -30
 }
-stage_engines() {  # CONFIGS: extra --config args; the defaults compare the native switches with vLLM bf16
+stage_engines() {  # CONFIGS: --config args (no spaces inside); the defaults: native async/sync beside vLLM bf16 and the seed config
   local cfg=(${CONFIGS:-})
-  [ ${#cfg[@]} -eq 0 ] && cfg=(--config 'native:{}' --config 'native_nochunk:{"enable_chunked_prefill": false}'
-    --config 'native_kv8:{"kv_cache_dtype": "fp8"}' --config 'native_fp8:{"kv_cache_dtype": "fp8", "quantization": "fp8"}'
-    --config 'native_512:{"max_num_seqs": 512}' --config 'vllm_bf16:{"max_num_seqs": 512}')
+  # (native = async scheduling on, the CUDA default since 2026-12-03; native_sync turns it off)
+  [ ${#cfg[@]} -eq 0 ] && cfg=(--config 'native:{"max_num_seqs": 512}' --config 'native_sync:{"max_num_seqs": 512, "async_scheduling": false}'
+    --config 'native_1024:{}' --config 'vllm_bf16:{"max_num_seqs": 512}'
+    --config 'vllm_fp8:{"max_num_seqs": 4096, "quantization": "fp8", "gpu_memory_utilization": 0.95}')
   # the whole log stays in res/ (a failed vLLM start names its root cause far above the traceback's end)
   $PY -m scripts.engines_same_run --model "$MODEL" "${cfg[@]}" ${WORKLOADS:+--workloads $WORKLOADS} --timeout 240 \
     --out "$W/res/engines.json" 2>&1 \
