@@ -18,7 +18,7 @@ from transformers.integrations import TensorBoardCallback
 from qaforge.train.callbacks import StepProfiler, StepTimer, TokenCounter
 from qaforge.train.data import SampleDataset, SFTCollator
 from qaforge.train.dist import is_main_process, world_size
-from qaforge.train.profiles import TrainConfig, _steps_range
+from qaforge.train.profiles import TrainConfig
 
 
 class QaforgeTrainer(Trainer):
@@ -130,9 +130,8 @@ def fit(config: TrainConfig, model: Any, tokenizer: Any, train_samples: list, ev
         extra.append(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "tensorboard"))))
     has_eval = bool(eval_samples)
     counter, step_timer = TokenCounter(), StepTimer()
-    if config.profile_steps and is_main_process():
-        first, last = _steps_range(config.profile_steps)
-        extra.append(StepProfiler(first, last, out_dir))
+    if config.profile_window and is_main_process():
+        extra.append(StepProfiler(*config.profile_window, out_dir))
     trainer = QaforgeTrainer(
         model=model, args=training_arguments(config, out_dir, device, dtype, total_steps, has_eval),
         train_dataset=SampleDataset(train_samples),

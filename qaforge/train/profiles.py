@@ -140,6 +140,11 @@ class TrainConfig:
         need(self.attention != "varlen" or self.packing, "attention 'varlen' needs packing: true")
 
     @property
+    def profile_window(self) -> tuple[int, int] | None:
+        """profile_steps as (first, last) optimizer steps, or None when no profile was asked for."""
+        return _steps_range(self.profile_steps) if self.profile_steps else None
+
+    @property
     def effective_batch_size(self) -> int:
         """Samples per optimizer step on one process (times the world size under DDP)."""
         return self.micro_batch_size * self.grad_accum_steps
