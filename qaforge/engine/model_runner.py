@@ -10,6 +10,7 @@ sampled token ids (with async scheduling, engine/overlap.py, after the next deco
 """
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -112,7 +113,10 @@ class ModelRunner:
         if not self.is_cuda:
             budget = int(c.kv_cache_memory_gb * 2**30) // self.block_bytes
             return max(need_one, min(budget, c.max_num_seqs * c.max_blocks_per_seq))
-        # profile a full-size prefill with a temporary cache, then give the KV cache what is left
+        # profile a full-size prefill with a temporary cache, then give the KV cache what is left. The budget
+        # counts every byte in use on the card, so an engine the caller dropped but a reference cycle still holds
+        # (its KV cache: most of the card) is collected first, else a second LLM in one process finds no room
+        gc.collect()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
