@@ -79,7 +79,7 @@ class ModelRunner:
         if backend == "triton" and not self.is_cuda:
             raise ValueError("attention_backend 'triton' needs a CUDA device")
         self.backend = backend
-        self.model.ops = triton_ops() if backend == "triton" else TorchOps
+        self.model.ops = triton_ops(c.gemv_max_rows) if backend == "triton" else TorchOps
         self.sampler = Sampler(self.device, c.max_num_seqs)
         a = self.model.args
         self.block_size = c.block_size

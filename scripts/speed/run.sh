@@ -36,15 +36,17 @@ m.save_pretrained('$MODEL2')"
 }
 stage_gputests() {  # the CUDA tests of the new engine paths (fp8, LoRA, chunked prefill)
   local files=(${GPUTESTS:-tests/test_engine_fp8.py tests/test_engine_lora.py tests/test_engine_chunked.py tests/test_engine_qwen2.py
-    tests/test_engine_overlap.py tests/test_train_fused.py})
+    tests/test_engine_overlap.py tests/test_engine_gemv.py tests/test_train_fused.py})
   $PY -m pytest -q -s -m gpu -p no:cacheprovider -o log_cli=false --tb=short "${files[@]}" 2>&1 \
     | grep -vE "^\s*$|Warning|warnings\.warn|Loading weights|Writing model" | tail -30  # keeps "N passed, M warnings"
 }
 stage_engines() {  # CONFIGS: --config args (no spaces inside); the defaults: native async/sync beside vLLM bf16 and the seed config
   local cfg=(${CONFIGS:-})
-  # (native = async scheduling on, the CUDA default since 2026-12-03; native_sync turns it off)
+  # (native = async scheduling on, the CUDA default since 2026-12-03; native_sync turns it off; native_gemv: the
+  # few-row GEMV of layers/gemv.py, off by default until this stage has measured it)
   [ ${#cfg[@]} -eq 0 ] && cfg=(--config 'native:{"max_num_seqs": 512}' --config 'native_sync:{"max_num_seqs": 512, "async_scheduling": false}'
-    --config 'native_1024:{}' --config 'vllm_bf16:{"max_num_seqs": 512}'
+    --config 'native_1024:{}' --config 'native_gemv:{"max_num_seqs": 512, "gemv_max_rows": 4}'
+    --config 'vllm_bf16:{"max_num_seqs": 512}'
     --config 'vllm_fp8:{"max_num_seqs": 4096, "quantization": "fp8", "gpu_memory_utilization": 0.95}')
   # the whole log stays in res/ (a failed vLLM start names its root cause far above the traceback's end)
   $PY -m scripts.engines_same_run --model "$MODEL" "${cfg[@]}" ${WORKLOADS:+--workloads $WORKLOADS} --timeout 240 \

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 
 from ..config import check_architecture
 from ..layers.attn_meta import AttnMeta
-from ..layers.fp8 import linear  # F.linear, or the fp8 GEMM once layers/fp8.quantize_model replaced a weight
 
 
 class Family(NamedTuple):
@@ -143,7 +142,7 @@ class QwenForCausalLM:
                 x = ops.rms_norm(h, L.in_w, eps)
             else:
                 x, residual = ops.add_rms_norm(h, residual, L.in_w, eps)
-            qkv = linear(x, L.qkv_w, L.qkv_b)
+            qkv = ops.linear(x, L.qkv_w, L.qkv_b)
             if lora is not None:
                 qkv = lora.apply(i, "qkv", x, qkv)
             k_cache, v_cache = kv_cache[0, i], kv_cache[1, i]
@@ -153,15 +152,15 @@ class QwenForCausalLM:
                                        a.head_dim, eps)
             o = ops.paged_attention(q, k_cache, v_cache, meta, self.scale)
             o = o.reshape(o.shape[0], -1)
-            h = linear(o, L.o_w, L.o_b)
+            h = ops.linear(o, L.o_w, L.o_b)
             if lora is not None:
                 h = lora.apply(i, "o", o, h)
             x, residual = ops.add_rms_norm(h, residual, L.post_w, eps)
-            gu = linear(x, L.gate_up_w)
+            gu = ops.linear(x, L.gate_up_w)
             if lora is not None:
                 gu = lora.apply(i, "gate_up", x, gu)
             m = ops.silu_mul(gu)
-            h = linear(m, L.down_w)
+            h = ops.linear(m, L.down_w)
             if lora is not None:
                 h = lora.apply(i, "down", m, h)
         return residual + h
