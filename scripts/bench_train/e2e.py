@@ -6,6 +6,8 @@
   decay 0.01), cosine schedule with 3 % warm-up, grad clipping 1.0, 2 epochs, eval loss after each epoch,
   the adapter saved at the end;
 * `hf_peft_compile`: the same script with the PEFT model wrapped in `torch.compile` (the best off-the-shelf peer);
+  `hf_peft_compile_dynamic` the same with `dynamic=True` (one symbolic-shape graph instead of a recompile per
+  new batch shape, which kept the default from finishing its second step at the seed's lengths on 2026-12-04);
 * `qaforge_cold` / `qaforge_warm` / `qaforge_eager`: `qaforge.train.trainer.train` with the fast_v7 profile
   (`--no-rouge`: Trainer, eval per epoch, checkpoints, merge and save). Cold starts from an empty compile cache,
   warm reuses the cache the cold run left (a user's second run), eager is `--no-compile`.
@@ -98,8 +100,10 @@ def encode(model_dir: str, path: str):
     return tokenizer, [(s.input_ids, s.labels) for s in samples]
 
 
-def run_plain(files: dict, device: str, max_steps: int, progress: Progress, compiled: bool, out_dir: Path) -> dict:
-    """The plain HF + PEFT script (module docstring); `compiled` wraps the model in torch.compile."""
+def run_plain(files: dict, device: str, max_steps: int, progress: Progress, compiled: str | None,
+              out_dir: Path) -> dict:
+    """The plain HF + PEFT script (module docstring); `compiled` wraps the model in torch.compile: "default"
+    (shapes static until a new one recompiles, then dynamic) or "dynamic" (`dynamic=True` from the start)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, get_cosine_schedule_with_warmup
 
@@ -111,7 +115,7 @@ def run_plain(files: dict, device: str, max_steps: int, progress: Progress, comp
     model = AutoModelForCausalLM.from_pretrained(files["model"], dtype=dtype).to(device)
     model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.1, target_modules=TARGETS,
                                              task_type="CAUSAL_LM"))
-    call = torch.compile(model) if compiled else model
+    call = model if compiled is None else torch.compile(model, dynamic=True if compiled == "dynamic" else None)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1.5e-4, weight_decay=0.01)
     per_epoch = math.ceil(len(train) / 16)

@@ -12,7 +12,10 @@ import time
 import traceback
 from pathlib import Path
 
-E2E = ("hf_peft", "hf_peft_compile", "qaforge_cold", "qaforge_warm", "qaforge_eager")
+E2E = ("hf_peft", "hf_peft_compile", "hf_peft_compile_dynamic", "qaforge_cold", "qaforge_warm", "qaforge_eager")
+# how each plain variant wraps the PEFT model: not at all, torch.compile as HF's Trainer does, or with every
+# dimension symbolic from the first call (what a user tries once the default recompiles for each batch shape)
+PLAIN_COMPILE = {"hf_peft": None, "hf_peft_compile": "default", "hf_peft_compile_dynamic": "dynamic"}
 
 
 def run(args) -> dict:
@@ -26,7 +29,7 @@ def run(args) -> dict:
         progress = e2e.Progress(Path(args.progress) if args.progress else None)
         out_dir = Path(args.work) / "runs" / args.variant
         if args.variant.startswith("hf_peft"):
-            return e2e.run_plain(files, args.device, args.max_steps, progress, args.variant == "hf_peft_compile",
+            return e2e.run_plain(files, args.device, args.max_steps, progress, PLAIN_COMPILE[args.variant],
                                  out_dir)
         return e2e.run_qaforge(files, args.device, args.max_steps, progress,
                                False if args.variant == "qaforge_eager" else None, out_dir)
