@@ -3,8 +3,9 @@
 # Usage, from the repository root:  bash scripts/speed/run.sh STAGE [STAGE ...]
 # Environment: W (work folder, default /tmp/sp), OUT (result archives, default $W/out), TOK (a folder with a
 # real Qwen tokenizer: tokenizer.json, tokenizer_config.json, chat_template.jinja), EXAM (real exam questions,
-# alpaca jsonl), WHEELS (wheels the GPU image lacks; scripts/speed/prepare.sh makes them, the tokenizer and the data). The model is Qwen3-0.6B with random bf16 weights (speed
-# does not depend on the weights' values), given the real tokenizer so that HTTP figures count real tokens.
+# alpaca jsonl), WHEELS (wheels the GPU image lacks; scripts/speed/prepare.sh makes them, the tokenizer and the
+# data). The model is Qwen3-0.6B with random bf16 weights (speed does not depend on the weights' values), given
+# the real tokenizer so that HTTP figures count real tokens.
 set -uo pipefail
 W=${W:-/tmp/sp}; OUT=${OUT:-$W/out}; TOK=${TOK:-$PWD/.tok}; EXAM=${EXAM:-/tmp/rwdata/exam.jsonl}
 mkdir -p "$W"/{log,res} "$OUT"
