@@ -89,16 +89,3 @@ def hf_qwen2(qwen2_dir):
 
     return hf_reference(qwen2_dir)
 
-
-@pytest.fixture(autouse=True)
-def _free_gpu_after_gpu_tests(request):
-    """A CUDA test's engines are freed before the next test sizes its KV cache from the card's free memory."""
-    yield
-    if request.node.get_closest_marker("gpu") is not None:
-        import gc
-
-        import torch
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..modeling import model_family, pick_device, pick_dtype
 
+GEMV_MAX_ROWS = 4  # layers/gemv.py: above this many rows a weight tile is re-used enough for cuBLAS's tiles to win
+
 
 @dataclass
 class EngineConfig:
@@ -31,7 +33,7 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"          # auto (the model dtype) | fp8: float8 e4m3 K/V, half the bytes of bf16
     quantization: str | None = None       # None | "fp8": linear weights in float8 e4m3, per-output-channel scales
     gemv_max_rows: int = 0                # Triton GEMV (layers/gemv.py) for layer linears of steps with <= this many
-                                          # rows (max 4); 0: cuBLAS everywhere (the GEMV is not yet measured on a GPU)
+                                          # rows (<= GEMV_MAX_ROWS); 0: cuBLAS everywhere (not yet measured on a GPU)
     hf_config: dict = field(default_factory=dict, repr=False)
     eos_token_ids: tuple[int, ...] = ()
     family: str = field(default="", init=False)  # "qwen3" | "qwen2", from config.json
@@ -72,8 +74,8 @@ class EngineConfig:
         _check_fp8_options(self)
         if self.cuda_graph_max_bs < 1:
             raise ValueError("cuda_graph_max_bs must be >= 1")
-        if not 0 <= int(self.gemv_max_rows) <= 4:
-            raise ValueError(f"gemv_max_rows must be in [0, 4] (0: off), got {self.gemv_max_rows!r}")
+        if not 0 <= int(self.gemv_max_rows) <= GEMV_MAX_ROWS:
+            raise ValueError(f"gemv_max_rows must be in [0, {GEMV_MAX_ROWS}] (0: off), got {self.gemv_max_rows!r}")
         self.eos_token_ids = tuple(_eos_ids(path, self.hf_config))
 
     @property

@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_ROWS = 4  # above this the weight tile is re-used enough for cuBLAS's tiles to win
+from ..config import GEMV_MAX_ROWS as MAX_ROWS
+
 BLOCK_K = 512
 
 
